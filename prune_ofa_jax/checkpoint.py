@@ -1,0 +1,63 @@
+"""One Orbax CheckpointManager factory; restore onto the abstract sharded train state.
+
+A checkpoint holds the whole TrainState (params, optimizer state, masks, QAT EMA stats,
+step, data position) plus a JSON "meta" item with the model config, the task and the run's
+signature; a restart with a different model shape or task fails with one clear error
+instead of a shape mismatch deep inside Orbax. The teacher is never saved.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in the workdir was written by a run with another model or task."""
+
+
+def make_manager(directory, *, keep: int = 3, save_every: int = 1000,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=save_every,
+        enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                                 item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         force: bool = False) -> bool:
+    return manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def _abstract(tree):
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   expected_meta: dict) -> Optional[tuple[Any, dict]]:
+    """(state, meta) from the newest checkpoint, or None when there is none.
+
+    `abstract_state`: ShapeDtypeStructs with shardings (or real arrays, whose shapes and
+    shardings are used). Keys of `expected_meta` under "signature" must match.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    want, got = expected_meta.get("signature", {}), meta.get("signature", {})
+    diffs = [f"{k}: checkpoint has {got.get(k)!r}, run has {v!r}"
+             for k, v in want.items() if got.get(k) != v]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint step {step} in {manager.directory} does not match this run ("
+            + "; ".join(diffs) + "). Use a fresh --workdir or the original config.")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(abstract_state))))
+    return restored["state"], meta

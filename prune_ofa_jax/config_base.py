@@ -1,0 +1,138 @@
+"""Every config key with its default. Recipes in configs/ start from `base()` and override;
+the command line overrides further (`--config.sparsity.target=0.9`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from prune_ofa_jax.parallel import mesh as mesh_lib
+
+# Prune OFA reference: encoder Linear kernels (attention q/k/v/output, FFN in/out) + pooler.
+PRUNE_INCLUDE = (r"(^|/)encoder/layer_\d+/(attention/(query|key|value|output)|"
+                 r"ffn/(intermediate|output))/kernel$", r"(^|/)pooler/dense/kernel$")
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = "pretraining"          # pretraining (MLM+NSP) | mlm | cls | qa
+    c.num_labels = 2                # cls: 1 = regression
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "bert-base-uncased"   # used when init.path is empty (random init)
+    c.model.overrides = ml_collections.ConfigDict()  # e.g. num_layers=2 for :test
+    c.model.dtype = "float32"            # compute dtype; params stay float32
+
+    c.init = ml_collections.ConfigDict()
+    c.init.path = ""                  # HF model dir or params checkpoint; "" = random init
+    c.init.init_missing_heads = False  # e.g. add an MLM head to a bare BertModel
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.path = ""               # frozen dense teacher; never checkpointed
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.kd_weight = 0.0         # Prune OFA: 0.5 * task + 0.5 * T^2 KL
+    c.distill.task_weight = 0.5       # used only when kd_weight > 0
+    c.distill.temperature = 2.0
+    c.distill.mlm_positions_only = True  # vocab projection + KD only at masked positions
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "text"              # text | glue | squad | tweets
+    c.data.root = ""                  # "" = $PRUNE_OFA_DATA or ../shared/data
+    c.data.text_files = ("wikitext2/valid.txt",)  # globs under root (kind=text)
+    c.data.glue_task = "sst2"
+    c.data.tokenizer = ""             # "" = init.path if it holds a tokenizer, else MiniLM's
+    c.data.seq_len = 128
+    c.data.max_predictions = 20
+    c.data.nsp = True
+    c.data.whole_word_mask = False
+    c.data.train_subset = 0           # 0 = all rows
+    c.data.eval_subset = 0
+    c.data.eval_batches = 8           # MLM eval: number of held-out batches
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.batch_size = 32           # global
+    c.train.grad_accum = 1
+    c.train.log_every = 50
+    c.train.eval_every = 0            # 0 = only at the end
+    c.train.eval_batch_size = 64
+    c.train.progress = True
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 5e-5
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-6
+    c.optim.grad_clip = 1.0
+    c.optim.lr_rewind = False         # Prune OFA: rewind LR at each mask update in the window
+
+    c.sparsity = ml_collections.ConfigDict()
+    c.sparsity.enabled = False        # gradual magnitude pruning (upstream)
+    c.sparsity.lock = False           # fine-tune: keep the zeros of the loaded weights
+    c.sparsity.target = 0.85
+    c.sparsity.initial = 0.0
+    c.sparsity.begin_step = 0
+    c.sparsity.end_step = 500
+    c.sparsity.update_every = 100
+    c.sparsity.freeze_step = 800
+    c.sparsity.method = "uniform"     # uniform (per tensor, Prune OFA) | global
+    c.sparsity.pattern = "unstructured"  # unstructured | nm | block
+    c.sparsity.n = 2
+    c.sparsity.m = 4
+    c.sparsity.block = 4
+    c.sparsity.block_norm = "l2"
+    c.sparsity.regrow = False         # False: hard-zero (pruned weights stay 0 in params)
+    c.sparsity.include = PRUNE_INCLUDE
+    c.sparsity.exclude = ()
+
+    c.quant = ml_collections.ConfigDict()
+    c.quant.enabled = False           # Q8BERT-style fake-quant QAT
+    c.quant.weight_bits = 8
+    c.quant.act_bits = 8
+    c.quant.per_channel = False
+    c.quant.ema_decay = 0.9999
+    c.quant.quantize_embeddings = False
+    c.quant.requantize_output = False
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.rules = mesh_lib.DEFAULT_RULES
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500
+    c.checkpoint.keep = 2
+    c.checkpoint.async_save = True
+    return c
+
+
+def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `:test` variant of a recipe: a tiny model, a few steps, the real tokenizer/data."""
+    c.model.name = "bert-tiny"
+    c.model.overrides = ml_collections.ConfigDict(
+        {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 64})
+    c.data.seq_len = 32
+    c.data.max_predictions = 5
+    c.data.train_subset = 256
+    c.data.eval_subset = 64
+    c.data.eval_batches = 2
+    c.train.steps = 8
+    c.train.batch_size = 16
+    c.train.log_every = 2
+    c.train.eval_batch_size = 32
+    c.train.progress = False
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 0
+    c.checkpoint.every = 4
+    c.checkpoint.async_save = False
+    if c.sparsity.enabled:
+        c.sparsity.begin_step = 0
+        c.sparsity.end_step = 4
+        c.sparsity.update_every = 2
+        c.sparsity.freeze_step = 6
+    return c

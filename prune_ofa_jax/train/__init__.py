@@ -1,0 +1,1 @@
+"""Training: state, optimizer, pure steps (steps.py), objectives and the run loop."""

@@ -1,0 +1,207 @@
+"""Assemble a run from its config: model, params, teacher, masks, optimizer, shardings, and
+the jitted step. Used by the loop, the benchmarks and the tests, so all three compile the
+very same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prune_ofa_jax.convert import hf as hf_convert
+from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.models import config as model_config_lib
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.quant import qat as qat_lib
+from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.sparsity import schedules
+from prune_ofa_jax.train import optim, steps
+from prune_ofa_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a loop needs; the step is pure and jitted with shardings."""
+    config: Any
+    mesh: jax.sharding.Mesh
+    model_config: Any
+    model: nn.Module
+    teacher: Optional[nn.Module]
+    teacher_params: Any
+    step_cfg: steps.StepConfig
+    tx: Any
+    lr_fn: Callable
+    schedule: Any
+    state: TrainState
+    state_shardings: Any
+    step_fn: Callable        # jitted (state, teacher_params, batch) -> (state, metrics)
+    eval_fn: Callable        # jitted (params, masks, quant_stats, batch) -> outputs
+    fresh_leaves: list
+
+
+def load_params(path: str, task: str, num_labels: int, init_missing_heads: bool):
+    """(params, ModelConfig, source_task) from an HF dir or one of our params checkpoints."""
+    p = pathlib.Path(path)
+    if (p / "model.json").exists():
+        params, mcfg, src_task = params_ckpt.load_params(p)
+        return params, mcfg, src_task
+    if (p / "config.json").exists():
+        params, mcfg = hf_convert.import_hf(p, task, num_labels=num_labels,
+                                            init_missing_heads=init_missing_heads)
+        return params, mcfg, task
+    raise FileNotFoundError(f"{path}: neither a params checkpoint (model.json) nor a Hugging "
+                            "Face model dir (config.json)")
+
+
+def graft(fresh, loaded):
+    """Leaves of `fresh` replaced by same-path, same-shape leaves of `loaded`.
+    Returns (params, paths that stayed freshly initialised)."""
+    flat_loaded = {jax.tree_util.keystr(k): v
+                   for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    kept_fresh = []
+
+    def pick(path, x):
+        y = flat_loaded.get(jax.tree_util.keystr(path))
+        if y is None or tuple(y.shape) != tuple(x.shape):
+            kept_fresh.append(jax.tree_util.keystr(path))
+            return x
+        return jnp.asarray(y, x.dtype)
+    return jax.tree_util.tree_map_with_path(pick, fresh), kept_fresh
+
+
+def _model_config(config, loaded_cfg):
+    if loaded_cfg is not None:
+        mcfg = loaded_cfg
+    else:
+        mcfg = model_config_lib.by_name(config.model.name, **dict(config.model.overrides))
+    return dataclasses.replace(mcfg, num_labels=config.num_labels, dtype=config.model.dtype)
+
+
+def _quant_hooks(config):
+    if not config.quant.enabled:
+        return None, None
+    qcfg = qat_lib.QuantConfig.from_dict(
+        {k: v for k, v in config.quant.to_dict().items() if k != "enabled"})
+    return qat_lib.make_injector(qcfg), qat_lib.embedding_quant(qcfg)
+
+
+def make_masks(config, params):
+    """Pruning run: all-True masks over the prunable leaves; fine-tuning with the pattern
+    locked: masks from the nonzeros of the loaded weights; otherwise no masks."""
+    sp = config.sparsity
+    if sp.enabled or sp.lock:
+        masks = masks_lib.init_masks(params, include=tuple(sp.include), exclude=tuple(sp.exclude))
+        return masks_lib.masks_from_nonzero(params, masks) if sp.lock else masks
+    return jax.tree.map(lambda _: None, params)
+
+
+def make_schedule(config):
+    sp = config.sparsity
+    if not sp.enabled:
+        return None, None
+    sched = schedules.CubicSchedule(
+        target=sp.target, initial=sp.initial, begin_step=sp.begin_step, end_step=sp.end_step,
+        update_every=sp.update_every, freeze_step=sp.freeze_step)
+    pattern = masks_lib.make_pattern(sp.pattern, n=sp.n, m=sp.m, block=sp.block,
+                                     norm=sp.block_norm)
+    return sched, functools.partial(masks_lib.magnitude_masks, method=sp.method, pattern=pattern)
+
+
+def step_config(config) -> steps.StepConfig:
+    kd = config.distill
+    return steps.StepConfig(
+        task=config.task, num_labels=config.num_labels, seed=config.seed,
+        task_weight=kd.task_weight if kd.kd_weight > 0 else 1.0, kd_weight=kd.kd_weight,
+        temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
+        regrow=config.sparsity.regrow, qat=config.quant.enabled)
+
+
+def build(config, mesh=None) -> Run:
+    """Everything but the data. Params come from config.init.path (or random init)."""
+    mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                  for k, v in config.mesh.rules)
+    loaded, loaded_cfg, fresh = None, None, []
+    if config.init.path:
+        loaded, loaded_cfg, _ = load_params(config.init.path, config.task, config.num_labels,
+                                            config.init.init_missing_heads)
+    mcfg = _model_config(config, loaded_cfg)
+    injector, emb_q = _quant_hooks(config)
+    model = bert.BertFamily(mcfg, config.task, dense_injector=injector, embedding_quant=emb_q)
+
+    variables = nn.meta.unbox(bert.init_variables(model, jax.random.key(config.seed)))
+    params, quant_stats = variables["params"], variables.get("quant_stats", {})
+    if loaded is not None:
+        params, fresh = graft(params, loaded)
+        if fresh:
+            log.warning("freshly initialised (not in %s): %s", config.init.path, fresh)
+
+    step_cfg = step_config(config)
+    total = config.train.steps
+    sp = config.sparsity
+    rewind = ((sp.begin_step, sp.end_step, sp.update_every)
+              if sp.enabled and config.optim.lr_rewind else None)
+    lr_fn = optim.learning_rate_fn(config.optim, total, rewind)
+    tx = optim.make_optimizer(config.optim, lr_fn)
+    masks = make_masks(config, params)
+    schedule, prune_fn = make_schedule(config)
+
+    # Shardings from the logical axis names of the (abstract) params.
+    specs = bert.logical_specs(model)
+    p_shard = mesh_lib.param_shardings(params, specs, mesh, rules)
+    abstract_opt = jax.eval_shape(tx.init, params)
+    state_shardings = TrainState(
+        step=mesh_lib.replicated(mesh, 0), params=p_shard,
+        opt_state=mesh_lib.opt_state_shardings(tx, abstract_opt, p_shard, mesh),
+        masks=mesh_lib.masks_shardings(masks, p_shard),
+        quant_stats=mesh_lib.replicated(mesh, quant_stats),
+        data_position=mesh_lib.replicated(mesh, 0))
+    # Build the state inside jit so every leaf lands in its own buffer with its sharding.
+    state = jax.jit(lambda p, m, q: TrainState.create(p, tx, m, q),
+                    out_shardings=state_shardings)(params, masks, quant_stats)
+
+    teacher = teacher_params = None
+    if config.distill.kd_weight > 0:
+        teacher, teacher_params = _teacher(config, mcfg, mesh, rules)
+
+    step_impl = steps.pretrain_step if sp.enabled else steps.finetune_step
+    step_fn = functools.partial(step_impl, model=model, teacher=teacher, tx=tx, cfg=step_cfg,
+                                lr_fn=lr_fn, schedule=schedule, prune_fn=prune_fn)
+    batch_shard = mesh_lib.batch_sharding(mesh)
+    t_shard = None if teacher_params is None else jax.tree.map(lambda x: x.sharding,
+                                                               teacher_params)
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, t_shard, batch_shard),
+                     out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, cfg=step_cfg))
+    return Run(config=config, mesh=mesh, model_config=mcfg, model=model, teacher=teacher,
+               teacher_params=teacher_params, step_cfg=step_cfg, tx=tx, lr_fn=lr_fn,
+               schedule=schedule, state=state, state_shardings=state_shardings,
+               step_fn=jitted, eval_fn=eval_fn, fresh_leaves=fresh)
+
+
+def _teacher(config, student_cfg, mesh, rules):
+    """The frozen teacher: loaded once, sharded like a student of its shape, never saved."""
+    if not config.teacher.path:
+        raise ValueError("config.teacher.path: distillation (distill.kd_weight > 0) needs a "
+                         "teacher (an HF dir or a params checkpoint)")
+    loaded, tcfg, _ = load_params(config.teacher.path, config.task, config.num_labels, False)
+    tcfg = dataclasses.replace(tcfg, num_labels=config.num_labels, dtype=student_cfg.dtype)
+    teacher = bert.BertFamily(tcfg, config.task)
+    fresh = bert.init_params(teacher, jax.random.key(0))
+    params, missing = graft(fresh, loaded)
+    if missing:
+        raise ValueError(f"teacher {config.teacher.path} lacks {missing} for task "
+                         f"{config.task!r}; a teacher must have the task's heads")
+    specs = bert.logical_specs(teacher)
+    shard = mesh_lib.param_shardings(params, specs, mesh, rules)
+    return teacher, jax.jit(lambda t: t, out_shardings=shard)(params)

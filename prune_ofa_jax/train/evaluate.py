@@ -1,0 +1,53 @@
+"""Evaluation per task: masked-LM loss/accuracy on held-out batches, GLUE metrics on the dev
+set, SQuAD EM/F1 after post-processing. The forward is the jitted `eval_step`."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import objectives
+
+
+def _forward(run, state, batch):
+    batch = mesh_lib.global_batch(batch, run.mesh, accum=None)
+    out = run.eval_fn(state.params, state.masks, state.quant_stats, batch)
+    return jax.device_get(out)
+
+
+def mlm_eval(run, state, source, num_batches: int) -> dict:
+    """Masked-LM cross-entropy and accuracy over the masked positions of held-out batches."""
+    nll = correct = count = 0.0
+    for i in range(num_batches):
+        batch = source.batch(i)
+        logits = _forward(run, state, batch)["mlm_logits"].astype(np.float64)
+        labels, w = batch["masked_lm_ids"], batch["masked_lm_weights"]
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        picked = np.take_along_axis(logits, labels[..., None], -1)[..., 0]
+        nll += float(((logz - picked) * w).sum())
+        correct += float(((logits.argmax(-1) == labels) * w).sum())
+        count += float(w.sum())
+    count = max(count, 1.0)
+    return {"eval_mlm_loss": nll / count, "eval_mlm_accuracy": correct / count}
+
+
+def predict(run, state, eval_set, batch_size: int) -> dict:
+    """Concatenated outputs over every eval row (padding rows dropped)."""
+    chunks: dict = {}
+    for batch in eval_set.eval_batches(batch_size):
+        out = _forward(run, state, {k: v for k, v in batch.items() if k in _MODEL_KEYS})
+        keep = batch["weights"] > 0
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[keep])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def evaluate(run, state, data) -> dict:
+    task = run.config.task
+    if task in objectives.MLM_TASKS:
+        return mlm_eval(run, state, data.eval, run.config.data.eval_batches)
+    return data.metrics(predict(run, state, data.eval, run.config.train.eval_batch_size))
