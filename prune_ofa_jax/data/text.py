@@ -169,6 +169,25 @@ def tfds_documents(name: str, split: str = "train", data_dir: Optional[str] = No
     return docs
 
 
+# Layout and encoding of the shared corpora, by folder name (see shared_corpus).
+KNOWN_LAYOUTS = {"wikitext2": ("wikitext", "utf-8"), "text_gutenberg_nltk": ("file", "latin-1"),
+                 "text_state_union": ("line", "cp950")}
+
+
+def sources_from_globs(globs: Sequence[str], root=None,
+                       default_format: str = "blank_line") -> List[TextFiles]:
+    """TextFiles for path globs relative to `root` (default: the shared data root): files in a
+    folder of KNOWN_LAYOUTS get its layout and encoding, anything else `default_format`/UTF-8."""
+    root = pathlib.Path(root) if root is not None else paths.data_root()
+    out = []
+    for g in globs:
+        files = expand_paths([str(root / g)])
+        for f in files:
+            fmt, enc = KNOWN_LAYOUTS.get(f.parent.name, (default_format, "utf-8"))
+            out.append(TextFiles([str(f)], fmt, encoding=enc))
+    return out
+
+
 def shared_corpus(root=None) -> List[TextFiles]:
     """The offline corpus in /work/shared/data (~1.6M words), each part in its own layout.
 
