@@ -1,0 +1,1 @@
+"""Knowledge distillation: logit KD, task losses and intermediate-representation terms."""

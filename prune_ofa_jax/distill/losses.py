@@ -1,0 +1,115 @@
+"""Distillation and task losses: pure jnp, float32 accumulation, explicit padding weights.
+
+Conventions shared by every function here:
+* `weights` (optional) has the leading shape of the per-position values (e.g. [B, L] for
+  [B, L, V] logits, [B, P] for masked-LM logits gathered at P positions, [B] for sentence
+  heads). Positions with weight 0 are ignored entirely, even if their inputs are inf/nan;
+  the result is `sum(w * value) / sum(w)` (0 when all weights are 0). `None` = plain mean.
+* Inputs may be bf16; everything is upcast to float32 before any reduction.
+* Teacher tensors go through `stop_gradient` inside the loss, so nothing differentiates
+  through the teacher even if the caller forgets.
+
+Intermediate-representation terms (hidden states, attention maps, layer maps, the learned
+projection) live in `distill.intermediate` and are re-exported here.
+"""
+
+from typing import Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from prune_ofa_jax.distill import reduction
+
+Array = jax.Array
+
+weighted_mean = reduction.weighted_mean
+
+
+def kd_kl(student_logits: Array, teacher_logits: Array, temperature: float = 2.0,
+          weights: Optional[Array] = None) -> Array:
+    """`T^2 * mean_w KL(softmax(t/T) || softmax(s/T))` over the last (class) axis.
+
+    The T^2 factor (Hinton et al.) keeps gradient magnitudes comparable across T.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher = jax.lax.stop_gradient(teacher_logits)
+    log_ps = jax.nn.log_softmax(jnp.asarray(student_logits, jnp.float32) / temperature, -1)
+    log_pt = jax.nn.log_softmax(jnp.asarray(teacher, jnp.float32) / temperature, -1)
+    pt = jnp.exp(log_pt)
+    # where(): classes the teacher gives probability exactly 0 contribute 0, not 0 * inf.
+    kl = jnp.sum(jnp.where(pt > 0, pt * (log_pt - log_ps), 0.0), axis=-1)
+    return temperature**2 * weighted_mean(kl, weights)
+
+
+def kd_multi(student: Mapping[str, Array], teacher: Mapping[str, Array],
+             weights: Mapping[str, Optional[Array]], temperature: float = 2.0,
+             head_weights: Optional[Mapping[str, float]] = None
+             ) -> Tuple[Array, dict]:
+    """KD over several output heads, e.g. {"mlm_logits": mlm_w, "nsp_logits": None}.
+
+    The heads distilled are the keys of `weights` (each with its own position weights);
+    `head_weights[name]` (default 1.0) scales each head's `kd_kl`. Returns
+    (sum of scaled terms, {name: unscaled term}) so every term can be logged.
+    """
+    head_weights = dict(head_weights or {})
+    unknown = set(head_weights) - set(weights)
+    if unknown:
+        raise ValueError(f"head_weights for heads not distilled: {sorted(unknown)}")
+    parts = {name: kd_kl(student[name], teacher[name], temperature, w)
+             for name, w in weights.items()}
+    total = sum(head_weights.get(name, 1.0) * v for name, v in parts.items())
+    return jnp.asarray(total, jnp.float32), parts
+
+
+def xent(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:
+    """Mean (over weighted positions) cross-entropy of integer `labels` under `logits`.
+
+    Works for MLM ([B, P, V] logits, masked_lm_ids, masked_lm_weights) and classification
+    ([B, C], [B]). Labels at weight-0 positions may be anything (e.g. -100 or padding).
+    """
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
+    safe = jnp.clip(labels.astype(jnp.int32), 0, logits.shape[-1] - 1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return weighted_mean(nll, weights)
+
+
+def accuracy(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:
+    """Weighted fraction of positions whose argmax equals the label (a metric, no grad)."""
+    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return weighted_mean(hit, weights)
+
+
+def mse(pred: Array, target: Array, weights: Optional[Array] = None) -> Array:
+    """Weighted mean squared error, e.g. regression logits [B, 1] against labels [B].
+
+    A trailing singleton axis on `pred` that `target` lacks is squeezed; any axes beyond
+    `weights` are averaged (so for [B, L, H] states with [B, L] weights it is the mean
+    over H, then the weighted mean over tokens).
+    """
+    pred = jnp.asarray(pred, jnp.float32)
+    target = jnp.asarray(target, jnp.float32)
+    if pred.ndim == target.ndim + 1 and pred.shape[-1] == 1:
+        pred = pred[..., 0]
+    if pred.shape != target.shape:
+        raise ValueError(f"mse shapes differ: {pred.shape} vs {target.shape}")
+    return weighted_mean(jnp.square(pred - target), weights)
+
+
+def combine(task_loss: Array, kd_loss: Array, task_weight: float = 0.5,
+            kd_weight: float = 0.5) -> Array:
+    """`task_weight * task_loss + kd_weight * kd_loss` (Prune OFA uses 0.5 / 0.5)."""
+    return task_weight * task_loss + kd_weight * kd_loss
+
+
+# Re-exported so the contract's `losses.<name>` works; defined in distill.intermediate.
+from prune_ofa_jax.distill import intermediate as _intermediate  # noqa: E402
+
+hidden_mse = _intermediate.hidden_mse
+hidden_cosine = _intermediate.hidden_cosine
+attention_kl = _intermediate.attention_kl
+attention_mse = _intermediate.attention_mse
+layer_map = _intermediate.layer_map
+hidden_loss = _intermediate.hidden_loss
+attention_loss = _intermediate.attention_loss
+HiddenProjection = _intermediate.HiddenProjection
