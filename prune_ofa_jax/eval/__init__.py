@@ -1,0 +1,1 @@
+"""Evaluation metrics: GLUE (`glue_metrics`) and SQuAD v1.1 EM/F1 (`squad_metrics`)."""
