@@ -256,3 +256,23 @@ def test_tfds_documents_adapter(monkeypatch):
     assert docs == [["Para one.", "Para two.", "Next para."]]
     assert calls == {"name": "wikipedia/20230601.en", "split": "train", "data_dir": "/d",
                      "download": False}
+
+
+def test_process_defaults_and_batch_divisibility(corpus, tok):
+    assert common.process_info(None, None) == (0, 1)  # jax.process_index()/count() here
+    ds = pretraining.PretrainingDataset(corpus, tok, max_len=L, batch_size=8)
+    assert ds.batch(0)["input_ids"].shape == (8, L)
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        make(corpus, tok, batch_size=10, process_index=0, process_count=4)
+    with pytest.raises(ValueError, match="process_index"):
+        make(corpus, tok, process_index=4, process_count=4)
+
+
+def test_heldout_document_split(corpus):
+    train, held = corpus.split(0.1, seed=0)
+    assert held.num_documents == 6 and train.num_documents == 54
+    assert train.num_tokens + held.num_tokens == corpus.num_tokens
+    docs = lambda c: {c.tokens[c.sent_starts[c.doc_starts[d]]:  # noqa: E731
+                                c.sent_starts[c.doc_starts[d + 1]]].tobytes()
+                      for d in range(c.num_documents)}
+    assert not docs(train) & docs(held) and docs(train) | docs(held) == docs(corpus)

@@ -23,7 +23,7 @@ Batch (B = local rows, L = max_len, P = max_predictions, default round(0.15 * L)
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
