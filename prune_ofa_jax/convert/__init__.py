@@ -1,0 +1,1 @@
+"""HF PyTorch <-> Flax conversion and params-only checkpoints."""
