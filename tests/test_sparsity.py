@@ -184,6 +184,8 @@ def test_bad_patterns_raise_clear_errors():
         patterns.parse("4x4")
     with pytest.raises(ValueError, match="method"):
         masks_lib.magnitude_masks(params, masks, 0.5, method="layerwise")
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        masks_lib.magnitude_masks(params, masks, 1.5)
 
 
 def test_pattern_lock_and_stats():

@@ -148,7 +148,7 @@ def magnitude_masks(params: PyTree, masks: PyTree, sparsity,
                     pattern: Union[str, patterns_lib.Pattern] = "unstructured") -> PyTree:
     """New masks from the magnitudes of `params` for every non-None leaf of `masks`.
 
-    sparsity: float or traced float32 scalar in [0, 1]. method: "uniform" (every tensor
+    sparsity: float or traced float32 scalar in [0, 1] (a traced value is clipped). method: "uniform" (every tensor
     at `sparsity`, Prune OFA) or "global" (one threshold over all prunable units of all
     tensors). Exact counts (see module docstring); ties keep the latest entries in
     tree-leaf then row-major order. pattern: see `patterns` (N:M ignores the value of a
@@ -156,6 +156,8 @@ def magnitude_masks(params: PyTree, masks: PyTree, sparsity,
     """
     if method not in ("uniform", "global"):
         raise ValueError(f"method must be 'uniform' or 'global', got {method!r}")
+    if isinstance(sparsity, (int, float)) and not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     pattern = patterns_lib.parse(pattern)
     leaves, treedef, slots = _prunable(params, masks)
     if not slots:
