@@ -18,8 +18,8 @@ def get_config(arg: str = ""):
                          "text_state_union/*.txt")
     c.train.steps = 100_000
     c.train.batch_size = 256
-    c.optim.lr = 1e-4
-    c.optim.warmup_steps = 10_000
+    c.optim.lr = 5e-5            # reference script: HF Trainer default; warmup ratio 0.01
+    c.optim.warmup_steps = 1_000
     c.checkpoint.every = 2_000
     if arg == "test":
         config_base.shrink_for_test(c)

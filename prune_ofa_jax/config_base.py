@@ -6,11 +6,7 @@ from __future__ import annotations
 import ml_collections
 
 from prune_ofa_jax.parallel import mesh as mesh_lib
-
-# Prune OFA reference: encoder Linear kernels (attention q/k/v/output, FFN in/out) + pooler.
-PRUNE_INCLUDE = (r"(^|/)encoder/layer_\d+/(attention/(query|key|value|output)|"
-                 r"ffn/(intermediate|output))/kernel$", r"(^|/)pooler/dense/kernel$")
-
+from prune_ofa_jax.sparsity import masks as masks_lib
 
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -38,6 +34,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "text"              # text | glue | squad | tweets
+    c.data.source = "local"           # local files under data.root | tfds
     c.data.root = ""                  # "" = $PRUNE_OFA_DATA or ../shared/data
     c.data.text_files = ("wikitext2/valid.txt",)  # globs under root (kind=text)
     c.data.glue_task = "sst2"
@@ -71,7 +68,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.sparsity = ml_collections.ConfigDict()
     c.sparsity.enabled = False        # gradual magnitude pruning (upstream)
-    c.sparsity.lock = False           # fine-tune: keep the zeros of the loaded weights
+    c.sparsity.lock_pattern = False   # fine-tune: keep the zeros of the loaded weights
     c.sparsity.target = 0.85
     c.sparsity.initial = 0.0
     c.sparsity.begin_step = 0
@@ -79,13 +76,9 @@ def base() -> ml_collections.ConfigDict:
     c.sparsity.update_every = 100
     c.sparsity.freeze_step = 800
     c.sparsity.method = "uniform"     # uniform (per tensor, Prune OFA) | global
-    c.sparsity.pattern = "unstructured"  # unstructured | nm | block
-    c.sparsity.n = 2
-    c.sparsity.m = 4
-    c.sparsity.block = 4
-    c.sparsity.block_norm = "l2"
+    c.sparsity.pattern = "unstructured"  # unstructured | "N:M" (e.g. "2:4") | "1xK[:l1|l2]"
     c.sparsity.regrow = False         # False: hard-zero (pruned weights stay 0 in params)
-    c.sparsity.include = PRUNE_INCLUDE
+    c.sparsity.include = masks_lib.DEFAULT_INCLUDE  # Prune OFA: encoder Linear kernels + pooler
     c.sparsity.exclude = ()
 
     c.quant = ml_collections.ConfigDict()
@@ -111,11 +104,12 @@ def base() -> ml_collections.ConfigDict:
 
 
 def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The `:test` variant of a recipe: a tiny model, a few steps, the real tokenizer/data."""
-    c.model.name = "bert-tiny"
+    """The `:test` variant of a recipe: a tiny model of the recipe's family, a few steps,
+    the real tokenizer and data."""
     c.model.overrides = ml_collections.ConfigDict(
         {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
          "max_position_embeddings": 64})
+    c.data.text_files = ("wikitext2/valid.txt",)
     c.data.seq_len = 32
     c.data.max_predictions = 5
     c.data.train_subset = 256

@@ -67,7 +67,7 @@ def stage_configs(p, root: pathlib.Path) -> dict:
     def finetune(init: str, lock: bool):
         c = recipes.finetune("glue", p.glue_task)
         c.init.path = init
-        c.sparsity.lock = lock
+        c.sparsity.lock_pattern = lock
         c.data.train_subset = p.train_subset
         c.optim.lr = p.finetune_lr
         return _common(c, p, p.finetune_steps)

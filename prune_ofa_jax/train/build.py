@@ -22,7 +22,7 @@ from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.quant import qat as qat_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.sparsity import schedules
+from prune_ofa_jax.sparsity import patterns, schedules
 from prune_ofa_jax.train import optim, steps
 from prune_ofa_jax.train.state import TrainState
 
@@ -99,9 +99,9 @@ def make_masks(config, params):
     """Pruning run: all-True masks over the prunable leaves; fine-tuning with the pattern
     locked: masks from the nonzeros of the loaded weights; otherwise no masks."""
     sp = config.sparsity
-    if sp.enabled or sp.lock:
+    if sp.enabled or sp.lock_pattern:
         masks = masks_lib.init_masks(params, include=tuple(sp.include), exclude=tuple(sp.exclude))
-        return masks_lib.masks_from_nonzero(params, masks) if sp.lock else masks
+        return masks_lib.masks_from_nonzero(params, masks) if sp.lock_pattern else masks
     return jax.tree.map(lambda _: None, params)
 
 
@@ -112,9 +112,8 @@ def make_schedule(config):
     sched = schedules.CubicSchedule(
         target=sp.target, initial=sp.initial, begin_step=sp.begin_step, end_step=sp.end_step,
         update_every=sp.update_every, freeze_step=sp.freeze_step)
-    pattern = masks_lib.make_pattern(sp.pattern, n=sp.n, m=sp.m, block=sp.block,
-                                     norm=sp.block_norm)
-    return sched, functools.partial(masks_lib.magnitude_masks, method=sp.method, pattern=pattern)
+    return sched, functools.partial(masks_lib.magnitude_masks, method=sp.method,
+                                    pattern=patterns.parse(sp.pattern))
 
 
 def step_config(config) -> steps.StepConfig:
@@ -139,7 +138,8 @@ def build(config, mesh=None) -> Run:
     injector, emb_q = _quant_hooks(config)
     model = bert.BertFamily(mcfg, config.task, dense_injector=injector, embedding_quant=emb_q)
 
-    variables = nn.meta.unbox(bert.init_variables(model, jax.random.key(config.seed)))
+    init = jax.jit(functools.partial(bert.init_variables, model))  # eager init is ~4x slower
+    variables = nn.meta.unbox(init(jax.random.key(config.seed)))
     params, quant_stats = variables["params"], variables.get("quant_stats", {})
     if loaded is not None:
         params, fresh = graft(params, loaded)
@@ -168,7 +168,7 @@ def build(config, mesh=None) -> Run:
         data_position=mesh_lib.replicated(mesh, 0))
     # Build the state inside jit so every leaf lands in its own buffer with its sharding.
     state = jax.jit(lambda p, m, q: TrainState.create(p, tx, m, q),
-                    out_shardings=state_shardings)(params, masks, quant_stats)
+                    out_shardings=state_shardings)(*jax.device_get((params, masks, quant_stats)))
 
     teacher = teacher_params = None
     if config.distill.kd_weight > 0:
@@ -197,11 +197,12 @@ def _teacher(config, student_cfg, mesh, rules):
     loaded, tcfg, _ = load_params(config.teacher.path, config.task, config.num_labels, False)
     tcfg = dataclasses.replace(tcfg, num_labels=config.num_labels, dtype=student_cfg.dtype)
     teacher = bert.BertFamily(tcfg, config.task)
-    fresh = bert.init_params(teacher, jax.random.key(0))
+    fresh = nn.meta.unbox(jax.jit(functools.partial(bert.init_variables, teacher))(
+        jax.random.key(0))["params"])
     params, missing = graft(fresh, loaded)
     if missing:
         raise ValueError(f"teacher {config.teacher.path} lacks {missing} for task "
                          f"{config.task!r}; a teacher must have the task's heads")
     specs = bert.logical_specs(teacher)
     shard = mesh_lib.param_shardings(params, specs, mesh, rules)
-    return teacher, jax.jit(lambda t: t, out_shardings=shard)(params)
+    return teacher, jax.jit(lambda t: t, out_shardings=shard)(jax.device_get(params))

@@ -109,11 +109,12 @@ def run(config, workdir) -> dict:
             local = data.train.batch(int(state.data_position))
             batch = mesh_lib.global_batch(local, run_.mesh, accum=accum)
             state, metrics = run_.step_fn(state, run_.teacher_params, batch)
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
+            loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):  # before any save
                 raise NonFiniteLossError(
-                    f"loss is {loss} at step {step}; stopped. The last good checkpoint "
-                    f"(step {manager.latest_step()}) in {workdir / 'checkpoints'} is kept.")
+                    f"loss {loss}, grad norm {gnorm} at step {step}; stopped. The last good "
+                    f"checkpoint (step {manager.latest_step()}) in {workdir / 'checkpoints'} "
+                    "is kept.")
             done = step + 1
             if done % config.train.log_every == 0 or done == config.train.steps:
                 m = jax.device_get(metrics)

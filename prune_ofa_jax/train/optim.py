@@ -20,8 +20,10 @@ def learning_rate_fn(optim_cfg, total_steps: int, rewind=None):
     """Linear warmup to `lr`, then linear decay to 0 at `total_steps`.
 
     rewind=(start, end, every): inside the pruning window [start, end) the schedule's clock is
-    rewound to `start` at every mask update, so each interval replays the decay from the
-    window-start value ("reset every pruning update, linear decay within each interval").
+    rewound at every mask update to the window start (or the end of warmup, if later), so
+    each interval replays the linear decay from the window-start value; after the window the
+    rate decays linearly from that value to 0 at `total_steps`. This is the shape of the
+    reference's `get_linear_rewinding_schedule_with_warmup`; warmup is never replayed.
     """
     warmup = int(optim_cfg.warmup_steps)
     base = optax.join_schedules(
@@ -32,12 +34,13 @@ def learning_rate_fn(optim_cfg, total_steps: int, rewind=None):
     if rewind is None:
         return base
     start, end, every = (int(v) for v in rewind)
+    start = max(start, warmup)
 
     def schedule(step):
         step = jnp.asarray(step)
-        in_window = (step >= start) & (step < end)
-        rewound = start + (step - start) % every
-        return base(jnp.where(in_window, rewound, step))
+        rewound = base(start + (step - start) % every)
+        after = base(start) * jnp.clip((total_steps - step) / max(total_steps - end, 1), 0, 1)
+        return jnp.where(step < start, base(step), jnp.where(step < end, rewound, after))
     return schedule
 
 

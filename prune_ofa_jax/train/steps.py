@@ -110,7 +110,7 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
         params = masks_lib.apply_masks(params, masks)
 
     metrics = {k: v.mean() for k, v in terms.items()}
-    metrics.update(lr=lr_fn(state.step), grad_norm=optax.global_norm(grads),
+    metrics.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads),
                    sparsity=_global_sparsity(masks))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               masks=masks, quant_stats=quant_stats,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from prune_ofa_jax.sparsity import patterns
+
 TASKS = ("pretraining", "mlm", "cls", "qa")
 DATA_KINDS = ("text", "glue", "squad", "tweets")
 
@@ -20,6 +22,8 @@ def _check(cond: bool, key: str, msg: str):
 def validate(c) -> None:
     _check(c.task in TASKS, "task", f"{c.task!r} is not one of {TASKS}")
     _check(c.data.kind in DATA_KINDS, "data.kind", f"{c.data.kind!r} is not one of {DATA_KINDS}")
+    _check(c.data.source in ("local", "tfds"), "data.source",
+           f"{c.data.source!r} is not local or tfds")
     _check(c.num_labels >= 1, "num_labels", f"must be >= 1, got {c.num_labels}")
     _check(c.train.steps > 0, "train.steps", f"must be > 0, got {c.train.steps}")
     _check(c.train.batch_size > 0, "train.batch_size", f"must be > 0, got {c.train.batch_size}")
@@ -44,7 +48,7 @@ def validate(c) -> None:
     _check(c.task != "pretraining" or c.data.nsp, "data.nsp",
            "task 'pretraining' (MLM+NSP) needs data.nsp=True; use task 'mlm' without NSP")
     sp = c.sparsity
-    _check(not (sp.enabled and sp.lock), "sparsity.lock",
+    _check(not (sp.enabled and sp.lock_pattern), "sparsity.lock_pattern",
            "a pruning run (sparsity.enabled) cannot also lock the pattern")
     if sp.enabled:
         _check(0.0 <= sp.target < 1.0, "sparsity.target", f"{sp.target} is outside [0, 1)")
@@ -52,8 +56,10 @@ def validate(c) -> None:
                f"{sp.end_step} is after train.steps {c.train.steps}")
         _check(sp.method in ("uniform", "global"), "sparsity.method",
                f"{sp.method!r} is not uniform or global")
-        _check(sp.pattern in ("unstructured", "nm", "block"), "sparsity.pattern",
-               f"{sp.pattern!r} is not unstructured, nm or block")
+        try:
+            patterns.parse(sp.pattern)
+        except ValueError as e:
+            raise ConfigError(f"config.sparsity.pattern: {e}") from e
     for key in ("include", "exclude"):
         for rx in getattr(sp, key):
             try:

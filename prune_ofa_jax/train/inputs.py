@@ -1,0 +1,144 @@
+"""config.data -> the run's data: a train source with random access `.batch(step)`, an eval
+source, and the task's metric function. Reads local files under the data root (the shared
+copies) or TFDS (`data.source="tfds"`, for users with network)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from prune_ofa_jax import paths
+from prune_ofa_jax.data import classification, common, glue, pretraining, squad, squad_features, text
+from prune_ofa_jax.data import tokenization, tweets
+from prune_ofa_jax.eval import glue_metrics, squad_metrics
+
+log = logging.getLogger(__name__)
+
+SQUAD_TRAIN = "squad_v1.1/train_subset_11877q_44articles.json"
+SQUAD_DEV = "squad_v1.1/dev-v1.1.json"
+TWEETS = "disaster_tweets/train.csv"
+
+
+@dataclasses.dataclass
+class Sources:
+    train: Any                                  # .batch(step) -> host rows of the global batch
+    eval: Any                                   # MLM: .batch(i); others: .eval_batches(bs)
+    metrics: Optional[Callable[[dict], dict]]   # eval outputs (all rows, in order) -> metrics
+
+
+def _root(c) -> pathlib.Path:
+    return pathlib.Path(c.data.root) if c.data.root else paths.data_root()
+
+
+def tokenizer_path(c) -> Optional[str]:
+    """data.tokenizer, else init.path when it holds a tokenizer, else None (MiniLM's)."""
+    if c.data.tokenizer:
+        return c.data.tokenizer
+    init = pathlib.Path(c.init.path) if c.init.path else None
+    if init is not None and any((init / f).exists() for f in ("tokenizer.json", "vocab.txt")):
+        return str(init)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus(files: tuple, root: str, tok_path: Optional[str], source: str):
+    tok = tokenization.load_tokenizer(tok_path)
+    if source == "tfds":
+        return pretraining.TokenizedCorpus.from_tfds(files[0], tok)
+    return pretraining.TokenizedCorpus.from_sources(text.sources_from_globs(files, root), tok)
+
+
+def _subset(examples, n: int, seed: int):
+    if not n or n >= len(examples):
+        return examples
+    return examples.subset(np.sort(np.random.default_rng(seed).permutation(len(examples))[:n]))
+
+
+def _text(c, tok) -> Sources:
+    corpus = _corpus(tuple(c.data.text_files), str(_root(c)), tokenizer_path(c), c.data.source)
+    train, held = corpus.split(0.05, c.seed)
+    kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
+              whole_word_mask=c.data.whole_word_mask)
+    return Sources(
+        train=pretraining.PretrainingDataset(train, tok, batch_size=c.train.batch_size,
+                                             seed=c.seed, **kw),
+        eval=pretraining.PretrainingDataset(held, tok, batch_size=c.train.eval_batch_size,
+                                            seed=c.seed + 1, **kw),
+        metrics=None)
+
+
+def _glue_examples(c, split: str):
+    if c.data.source == "tfds":
+        return glue.load(c.data.glue_task, split, source="tfds")
+    spec, root = glue.task(c.data.glue_task), _root(c)
+    for data_dir in (root / "glue", root):  # GLUE layout, or a task dir at the root (sst2/)
+        try:
+            glue.task_file(spec, split, data_dir)
+        except common.DataError:
+            continue
+        return glue.load(spec.name, split, data_dir=data_dir)
+    return glue.load(spec.name, split, data_dir=root)  # raises the error naming the paths
+
+
+def _classification(c, tok) -> Sources:
+    if c.data.kind == "tweets":
+        train_ex, dev_ex = tweets.train_dev_split(tweets.load(_root(c) / TWEETS), 0.1, c.seed)
+
+        def metrics(out):
+            pred = out["logits"].argmax(-1)
+            return {"accuracy": glue_metrics.accuracy(pred, dev_ex.labels),
+                    "f1": glue_metrics.f1_binary(pred, dev_ex.labels)}
+    else:
+        spec = glue.task(c.data.glue_task)
+        train_ex = _glue_examples(c, "train")
+        dev_ex = _glue_examples(c, spec.eval_splits[0])
+
+        def metrics(out):
+            return glue_metrics.compute(spec.name, out["logits"], dev_ex.labels)
+    train_ex = _subset(train_ex, c.data.train_subset, c.seed)
+    dev_ex = _subset(dev_ex, c.data.eval_subset, c.seed)
+    kw = dict(max_len=c.data.seq_len, seed=c.seed)
+    return Sources(
+        train=classification.ClassificationDataset(train_ex, tok, batch_size=c.train.batch_size,
+                                                   **kw),
+        eval=classification.ClassificationDataset(dev_ex, tok,
+                                                  batch_size=c.train.eval_batch_size, **kw),
+        metrics=metrics)
+
+
+def _squad(c, tok) -> Sources:
+    if c.data.source == "tfds":
+        train_ex, dev_ex = squad.load_tfds("train"), squad.load_tfds("validation")
+    else:
+        train_ex = squad.load_json(_root(c) / SQUAD_TRAIN)
+        dev_ex = squad.load_json(_root(c) / SQUAD_DEV)
+    if c.data.train_subset:
+        train_ex = train_ex[:c.data.train_subset]
+    if c.data.eval_subset:
+        dev_ex = dev_ex[:c.data.eval_subset]
+    feats = squad_features.EvalFeatures(dev_ex, tok, max_len=c.data.seq_len)
+    gold = squad.gold_answers(dev_ex)
+
+    def metrics(out):
+        return squad_metrics.evaluate(gold, feats.postprocess(out["start_logits"],
+                                                              out["end_logits"]))
+    return Sources(
+        train=squad_features.train_dataset(train_ex, tok, max_len=c.data.seq_len,
+                                           batch_size=c.train.batch_size, seed=c.seed),
+        eval=feats, metrics=metrics)
+
+
+def make_sources(c) -> Sources:
+    tok = tokenization.load_tokenizer(tokenizer_path(c))
+    if c.data.kind == "text":
+        return _text(c, tok)
+    if c.data.kind in ("glue", "tweets"):
+        return _classification(c, tok)
+    if c.data.kind == "squad":
+        return _squad(c, tok)
+    raise ValueError(f"config.data.kind: unknown {c.data.kind!r}")

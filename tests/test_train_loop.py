@@ -1,0 +1,139 @@
+"""The run loop on real data: scheduled sparsity, frozen masks, exact resume after a kill,
+the NaN guard, config errors before compiling, and checkpoint/config mismatch."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import train_helpers
+from prune_ofa_jax import checkpoint as ckpt_lib
+from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.sparsity import schedules
+from prune_ofa_jax.train import build, inputs, loop, synthetic, validate
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    return train_helpers.save_tiny(tmp_path_factory.mktemp("init") / "bert")
+
+
+def _pruning_config(init_dir, **over):
+    c = train_helpers.recipe("prune_ofa_bert_base", "test", init=init_dir, teacher=init_dir)
+    c.train.steps, c.train.log_every, c.checkpoint.every = 8, 1, 4
+    c.sparsity.end_step, c.sparsity.update_every, c.sparsity.freeze_step = 4, 2, 6
+    for k, v in over.items():
+        node = c
+        *head, last = k.split(".")
+        for h in head:
+            node = node[h]
+        node[last] = v
+    return c
+
+
+def test_masks_follow_schedule_then_freeze(init_dir, tmp_path):
+    c = _pruning_config(init_dir, **{"sparsity.regrow": True})  # regrow: masks *could* move
+    report = loop.run(c, tmp_path)
+    sched = schedules.CubicSchedule(target=c.sparsity.target, end_step=4, update_every=2,
+                                    freeze_step=6)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    by_step = {m["step"]: m["sparsity"] for m in logged if "sparsity" in m}
+    for done, s in by_step.items():
+        last_update = max(u for u in (0, 2, 4) if u <= done - 1)
+        assert s == pytest.approx(float(sched(last_update)), abs=2e-3), (done, s)
+    assert report["sparsity"]["global"] == pytest.approx(c.sparsity.target, abs=2e-3)
+    assert report["steps"] == 8 and (tmp_path / "model" / "model.json").exists()
+
+
+def test_masks_change_only_on_update_steps(init_dir):
+    c = _pruning_config(init_dir, **{"sparsity.regrow": True})
+    run = build.build(c, mesh=mesh_lib.make_mesh(8, 1, 1))
+    state, history = run.state, []
+    for i in range(8):
+        batch = synthetic.batch("pretraining", 16, 32, 30522, max_predictions=5, seed=i)
+        state, _ = run.step_fn(state, run.teacher_params, mesh_lib.global_batch(batch, run.mesh))
+        history.append([np.array(m) for m in jax.tree.leaves(state.masks)])
+    changed = [i for i in range(1, 8)
+               if any((a != b).any() for a, b in zip(history[i - 1], history[i]))]
+    assert set(changed) <= {2, 4}, changed  # updates at 0, 2, 4; none at/after freeze (6)
+    assert 2 in changed
+
+
+def test_kill_and_resume_equals_uninterrupted(init_dir, tmp_path, monkeypatch):
+    c = _pruning_config(init_dir)
+    loop.run(c, tmp_path / "straight")
+
+    real = inputs.make_sources
+
+    def crashing(cfg):
+        src = real(cfg)
+        batch = src.train.batch
+
+        def killed_at_6(step):
+            if step == 6:
+                raise KeyboardInterrupt("simulated kill at step 6")
+            return batch(step)
+        src.train.batch = killed_at_6
+        return src
+    monkeypatch.setattr(inputs, "make_sources", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(c, tmp_path / "killed")
+    assert not (tmp_path / "killed" / "report.json").exists()
+    monkeypatch.setattr(inputs, "make_sources", real)
+    report = loop.run(c, tmp_path / "killed")  # same command: resumes from step 4
+    assert report["steps"] == 8
+    a, _, _ = params_ckpt.load_params(tmp_path / "straight" / "model")
+    b, _, _ = params_ckpt.load_params(tmp_path / "killed" / "model")
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(init_dir, tmp_path, monkeypatch):
+    c = _pruning_config(init_dir, **{"checkpoint.every": 1})
+    real = inputs.make_sources
+
+    def poisoned(cfg):
+        src = real(cfg)
+        batch = src.train.batch
+
+        def nan_at_3(step):
+            out = dict(batch(step))
+            if step == 3:
+                out["masked_lm_weights"] = np.full_like(out["masked_lm_weights"], np.nan)
+            return out
+        src.train.batch = nan_at_3
+        return src
+    monkeypatch.setattr(inputs, "make_sources", poisoned)
+    with pytest.raises(loop.NonFiniteLossError, match="step 3"):
+        loop.run(c, tmp_path)
+    manager = ckpt_lib.make_manager(tmp_path / "checkpoints")
+    assert manager.latest_step() == 3
+    restored = manager.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    restored = restored["state"]
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("sparsity.target", 1.5, "config.sparsity.target"),
+    ("train.grad_accum", 3, "config.train.grad_accum"),
+    ("sparsity.pattern", "3:2", "config.sparsity.pattern"),
+    ("task", "ner", "config.task"),
+])
+def test_bad_config_fails_before_compiling(init_dir, key, value, match):
+    c = _pruning_config(init_dir, **{key: value})
+    with pytest.raises(validate.ConfigError, match=match):
+        validate.validate(c)
+
+
+def test_checkpoint_of_another_model_is_refused(init_dir, tmp_path):
+    c = train_helpers.recipe("teacher_prep", "test", init=init_dir)
+    c.train.steps = 2
+    c.checkpoint.every = 1
+    loop.run(c, tmp_path)
+    c.train.steps = 4
+    c.task = "mlm"
+    c.data.nsp = False
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="task"):
+        loop.run(c, tmp_path)
