@@ -20,98 +20,98 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m prune_ofa_jax.convert", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = p.add_subparsers(dest="command", required=True)
-  imp = sub.add_parser("import-hf", help="HF PyTorch model dir -> params checkpoint")
-  imp.add_argument("--hf_dir", required=True)
-  imp.add_argument("--out", required=True)
-  imp.add_argument("--task", choices=("mlm", "pretraining", "cls", "qa", "base"), default=None,
-                   help="default: inferred from config.json's architectures")
-  imp.add_argument("--num_labels", type=int, default=None)
-  imp.add_argument("--init_missing_heads", action="store_true",
-                   help="initialise task heads absent from the source instead of failing")
-  imp.add_argument("--seed", type=int, default=0, help="rng seed for --init_missing_heads")
-  imp.add_argument("--overwrite", action="store_true")
-  exp = sub.add_parser("export-hf", help="params checkpoint -> HF PyTorch model dir")
-  exp.add_argument("--ckpt", required=True)
-  exp.add_argument("--out", required=True)
-  exp.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from here")
-  exp.add_argument("--overwrite", action="store_true")
-  return p
+    p = argparse.ArgumentParser(prog="python -m prune_ofa_jax.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import-hf", help="HF PyTorch model dir -> params checkpoint")
+    imp.add_argument("--hf_dir", required=True)
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--task", choices=("mlm", "pretraining", "cls", "qa", "base"), default=None,
+                     help="default: inferred from config.json's architectures")
+    imp.add_argument("--num_labels", type=int, default=None)
+    imp.add_argument("--init_missing_heads", action="store_true",
+                     help="initialise task heads absent from the source instead of failing")
+    imp.add_argument("--seed", type=int, default=0, help="rng seed for --init_missing_heads")
+    imp.add_argument("--overwrite", action="store_true")
+    exp = sub.add_parser("export-hf", help="params checkpoint -> HF PyTorch model dir")
+    exp.add_argument("--ckpt", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from here")
+    exp.add_argument("--overwrite", action="store_true")
+    return p
 
 
 class CliError(Exception):
-  """Bad command-line input found before any heavy import."""
+    """Bad command-line input found before any heavy import."""
 
 
 SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta")  # = models.config.MODEL_TYPES
 
 
 def _precheck(args) -> None:
-  """Cheap checks (no jax/torch import) so common mistakes fail in a blink."""
-  out = pathlib.Path(args.out)
-  if out.exists() and not args.overwrite:
-    raise CliError(f"output dir already exists: {out} (pass --overwrite)")
-  if args.command == "export-hf":
-    if not (pathlib.Path(args.ckpt) / "model.json").is_file():
-      raise CliError(f"not a params checkpoint (no model.json): {args.ckpt}")
-    return
-  hf_dir = pathlib.Path(args.hf_dir)
-  if not hf_dir.is_dir():
-    raise CliError(f"HF model dir not found: {hf_dir}")
-  if not (hf_dir / "config.json").is_file():
-    raise CliError(f"no config.json in {hf_dir}")
-  raw = json.loads((hf_dir / "config.json").read_text())
-  if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
-    raise CliError(f"unsupported architecture: model_type {raw.get('model_type')!r} "
-                   f"(architectures {raw.get('architectures')}) in {hf_dir}; supported model "
-                   f"types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    """Cheap checks (no jax/torch import) so common mistakes fail in a blink."""
+    out = pathlib.Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"output dir already exists: {out} (pass --overwrite)")
+    if args.command == "export-hf":
+        if not (pathlib.Path(args.ckpt) / "model.json").is_file():
+            raise CliError(f"not a params checkpoint (no model.json): {args.ckpt}")
+        return
+    hf_dir = pathlib.Path(args.hf_dir)
+    if not hf_dir.is_dir():
+        raise CliError(f"HF model dir not found: {hf_dir}")
+    if not (hf_dir / "config.json").is_file():
+        raise CliError(f"no config.json in {hf_dir}")
+    raw = json.loads((hf_dir / "config.json").read_text())
+    if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise CliError(f"unsupported architecture: model_type {raw.get('model_type')!r} "
+                       f"(architectures {raw.get('architectures')}) in {hf_dir}; supported model "
+                       f"types: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
 def _import_hf(args) -> str:
-  from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
-  task = hf.resolve_task(args.hf_dir, args.task)
-  params, model_config = hf.import_hf(args.hf_dir, task, num_labels=args.num_labels,
-                                      init_missing_heads=args.init_missing_heads,
-                                      rng_seed=args.seed)
-  out = params_ckpt.save_params(args.out, params, model_config, task, overwrite=args.overwrite)
-  return f"wrote {task} params ({model_config.model_type}) to {out}"
+    from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
+    task = hf.resolve_task(args.hf_dir, args.task)
+    params, model_config = hf.import_hf(args.hf_dir, task, num_labels=args.num_labels,
+                                        init_missing_heads=args.init_missing_heads,
+                                        rng_seed=args.seed)
+    out = params_ckpt.save_params(args.out, params, model_config, task, overwrite=args.overwrite)
+    return f"wrote {task} params ({model_config.model_type}) to {out}"
 
 
 def _export_hf(args) -> str:
-  from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
-  params, model_config, task = params_ckpt.load_params(args.ckpt)
-  path = hf.export_hf(params, model_config, task, args.out, tokenizer_dir=args.tokenizer_dir,
-                      overwrite=args.overwrite)
-  return f"wrote HF {model_config.model_type} {task} model to {path}"
+    from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
+    params, model_config, task = params_ckpt.load_params(args.ckpt)
+    path = hf.export_hf(params, model_config, task, args.out, tokenizer_dir=args.tokenizer_dir,
+                        overwrite=args.overwrite)
+    return f"wrote HF {model_config.model_type} {task} model to {path}"
 
 
 def _quiet() -> None:
-  """Library chatter would drown the one-line error contract; warnings still print."""
-  warnings.filterwarnings("ignore")
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-  import transformers  # pylint: disable=import-outside-toplevel
-  transformers.utils.logging.set_verbosity_error()
-  transformers.utils.logging.disable_progress_bar()
+    """Library chatter would drown the one-line error contract; warnings still print."""
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    import transformers  # pylint: disable=import-outside-toplevel
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    _precheck(args)
-    _quiet()
-    from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
+    args = _parser().parse_args(argv)
     try:
-      message = _import_hf(args) if args.command == "import-hf" else _export_hf(args)
-    except (hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-      raise CliError(str(e)) from e
-  except CliError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
-  print(message)
-  return 0
+        _precheck(args)
+        _quiet()
+        from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
+        try:
+            message = _import_hf(args) if args.command == "import-hf" else _export_hf(args)
+        except (hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+            raise CliError(str(e)) from e
+    except CliError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

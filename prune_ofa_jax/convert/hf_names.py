@@ -20,9 +20,9 @@ WORD_EMBEDDINGS = "backbone/embeddings/word_embeddings/embedding"
 
 
 class Hook(NamedTuple):
-  to_flax: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
-  shape_to_hf: Callable[[tuple], tuple]  # for error messages in the checkpoint's layout
+    to_flax: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    shape_to_hf: Callable[[tuple], tuple]  # for error messages in the checkpoint's layout
 
 
 _identity = lambda x: x
@@ -99,59 +99,59 @@ _BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")
 
 
 def hf_class_name(model_type: str, task: str) -> str:
-  return _CLASS_STEM[model_type] + _CLASS_SUFFIX[task]
+    return _CLASS_STEM[model_type] + _CLASS_SUFFIX[task]
 
 
 def task_from_architecture(arch: str):
-  """"BertForMaskedLM" -> "mlm"; None if not one of ours."""
-  for model_type, stem in _CLASS_STEM.items():
-    for task, suffix in _CLASS_SUFFIX.items():
-      if arch == stem + suffix:
-        return model_type, task
-  return None
+    """"BertForMaskedLM" -> "mlm"; None if not one of ours."""
+    for model_type, stem in _CLASS_STEM.items():
+        for task, suffix in _CLASS_SUFFIX.items():
+            if arch == stem + suffix:
+                return model_type, task
+    return None
 
 
 def key_prefix(model_type: str, task: str) -> str:
-  """Prefix of backbone keys in the HF class for `task` ("" for *Model)."""
-  return "" if task == "base" else FAMILY_PREFIX[model_type]
+    """Prefix of backbone keys in the HF class for `task` ("" for *Model)."""
+    return "" if task == "base" else FAMILY_PREFIX[model_type]
 
 
 def hf_key(model_type: str, flax_path: str, prefix: str) -> tuple[str, Hook]:
-  """Flax param path -> (HF state-dict key, hook). KeyError when no rule matches."""
-  full = _FULL_RULES[model_type].get(flax_path)
-  if full is not None:
-    return full, IDENTITY
-  module, _, leaf = flax_path.rpartition("/")
-  if leaf in _LEAVES:
-    for pattern, template in _MODULE_RULES[model_type]:
-      match = re.fullmatch(pattern, module)
-      if match:
-        hf_leaf, hook = _LEAVES[leaf]
-        return match.expand(template.replace("{P}", prefix)) + "." + hf_leaf, hook
-  raise KeyError(f"no HF name for Flax param {flax_path!r} ({model_type})")
+    """Flax param path -> (HF state-dict key, hook). KeyError when no rule matches."""
+    full = _FULL_RULES[model_type].get(flax_path)
+    if full is not None:
+        return full, IDENTITY
+    module, _, leaf = flax_path.rpartition("/")
+    if leaf in _LEAVES:
+        for pattern, template in _MODULE_RULES[model_type]:
+            match = re.fullmatch(pattern, module)
+            if match:
+                hf_leaf, hook = _LEAVES[leaf]
+                return match.expand(template.replace("{P}", prefix)) + "." + hf_leaf, hook
+    raise KeyError(f"no HF name for Flax param {flax_path!r} ({model_type})")
 
 
 def tied_keys(model_type: str, task: str) -> dict:
-  """HF keys that alias another param in the MLM/pretraining heads: key -> Flax path."""
-  return dict(_TIED[model_type]) if task in ("mlm", "pretraining") else {}
+    """HF keys that alias another param in the MLM/pretraining heads: key -> Flax path."""
+    return dict(_TIED[model_type]) if task in ("mlm", "pretraining") else {}
 
 
 def canonical_keys(state: dict, model_type: str) -> dict:
-  """Strip the family prefix from backbone keys, rename legacy LayerNorm gamma/beta, drop
-  non-persistent buffers. Result keys are as in the *Model class (heads unchanged)."""
-  prefix = FAMILY_PREFIX[model_type]
-  out = {}
-  for key, value in state.items():
-    if _BUFFERS.search(key):
-      continue
-    if key.startswith(prefix):
-      key = key[len(prefix):]
-    key = re.sub(r"(LayerNorm|layer_norm)\.gamma$", r"\1.weight", key)
-    key = re.sub(r"(LayerNorm|layer_norm)\.beta$", r"\1.bias", key)
-    out[key] = value
-  return out
+    """Strip the family prefix from backbone keys, rename legacy LayerNorm gamma/beta, drop
+    non-persistent buffers. Result keys are as in the *Model class (heads unchanged)."""
+    prefix = FAMILY_PREFIX[model_type]
+    out = {}
+    for key, value in state.items():
+        if _BUFFERS.search(key):
+            continue
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+        key = re.sub(r"(LayerNorm|layer_norm)\.gamma$", r"\1.weight", key)
+        key = re.sub(r"(LayerNorm|layer_norm)\.beta$", r"\1.bias", key)
+        out[key] = value
+    return out
 
 
 def is_head(flax_path: str) -> bool:
-  """Task-specific params (absent from a base checkpoint): heads and the pooler."""
-  return not flax_path.startswith("backbone/") or flax_path.startswith("backbone/pooler/")
+    """Task-specific params (absent from a base checkpoint): heads and the pooler."""
+    return not flax_path.startswith("backbone/") or flax_path.startswith("backbone/pooler/")

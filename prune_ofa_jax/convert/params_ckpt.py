@@ -21,75 +21,75 @@ PARAMS_DIR = "params"
 
 
 def _tmp_path(path: pathlib.Path) -> pathlib.Path:
-  # Deterministic (not random) so every process of a multi-host job agrees on it.
-  return path.with_name(path.name + ".tmp")
+    # Deterministic (not random) so every process of a multi-host job agrees on it.
+    return path.with_name(path.name + ".tmp")
 
 
 def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        multihost_utils.sync_global_devices(name)
 
 
 def save_params(directory, params: Any, model_config: config_lib.ModelConfig, task: str,
                 overwrite: bool = False) -> pathlib.Path:
-  """Saves params (any pytree of arrays; sharded jax arrays are fine) + model.json.
+    """Saves params (any pytree of arrays; sharded jax arrays are fine) + model.json.
 
-  Raises FileExistsError when `directory` exists and overwrite is False. In a multi-host job
-  every process must call this (Orbax writes each process's shards).
-  """
-  final = pathlib.Path(directory).absolute()
-  if final.exists() and not overwrite:
-    raise FileExistsError(f"checkpoint dir already exists: {final}")
-  tmp = _tmp_path(final)
-  if jax.process_index() == 0:
-    if tmp.exists():
-      shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-  _sync("params_ckpt_mkdir")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp / PARAMS_DIR, params)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  if jax.process_index() == 0:
-    meta = {"model_config": model_config.to_dict(), "task": task}
-    (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if final.exists():
-      shutil.rmtree(final)
-    tmp.rename(final)
-  _sync("params_ckpt_rename")
-  return final
+    Raises FileExistsError when `directory` exists and overwrite is False. In a multi-host job
+    every process must call this (Orbax writes each process's shards).
+    """
+    final = pathlib.Path(directory).absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"checkpoint dir already exists: {final}")
+    tmp = _tmp_path(final)
+    if jax.process_index() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _sync("params_ckpt_mkdir")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    if jax.process_index() == 0:
+        meta = {"model_config": model_config.to_dict(), "task": task}
+        (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    _sync("params_ckpt_rename")
+    return final
 
 
 def load_model_json(directory) -> tuple[config_lib.ModelConfig, str]:
-  """(model_config, task) recorded in a params checkpoint."""
-  path = pathlib.Path(directory)
-  meta_file = path / MODEL_JSON
-  if not meta_file.is_file():
-    raise FileNotFoundError(f"not a params checkpoint (no {MODEL_JSON}): {path}")
-  meta = json.loads(meta_file.read_text())
-  return config_lib.ModelConfig.from_dict(meta["model_config"]), meta["task"]
+    """(model_config, task) recorded in a params checkpoint."""
+    path = pathlib.Path(directory)
+    meta_file = path / MODEL_JSON
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"not a params checkpoint (no {MODEL_JSON}): {path}")
+    meta = json.loads(meta_file.read_text())
+    return config_lib.ModelConfig.from_dict(meta["model_config"]), meta["task"]
 
 
 def load_params(directory, sharding: Optional[Any] = None
                 ) -> tuple[Any, config_lib.ModelConfig, str]:
-  """(params, model_config, task). Arrays land on `sharding` (one Sharding for all leaves, or a
-  pytree of them); default: the first local device. Independent of how they were saved."""
-  path = pathlib.Path(directory).absolute()
-  model_config, task = load_model_json(path)
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
-  if sharding is None:
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
-  if isinstance(sharding, jax.sharding.Sharding):
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, np.dtype(m.dtype),
-                                                         sharding=sharding),
-                          tree, is_leaf=is_meta)
-  else:
-    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, np.dtype(m.dtype),
-                                                            sharding=s),
-                          tree, sharding, is_leaf=is_meta)
-  params = checkpointer.restore(path / PARAMS_DIR, target)
-  checkpointer.close()
-  return params, model_config, task
+    """(params, model_config, task). Arrays land on `sharding` (one Sharding for all leaves, or a
+    pytree of them); default: the first local device. Independent of how they were saved."""
+    path = pathlib.Path(directory).absolute()
+    model_config, task = load_model_json(path)
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    if isinstance(sharding, jax.sharding.Sharding):
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, np.dtype(m.dtype),
+                                                             sharding=sharding),
+                              tree, is_leaf=is_meta)
+    else:
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, np.dtype(m.dtype),
+                                                                sharding=s),
+                              tree, sharding, is_leaf=is_meta)
+    params = checkpointer.restore(path / PARAMS_DIR, target)
+    checkpointer.close()
+    return params, model_config, task

@@ -20,120 +20,120 @@ TASKS = ("mlm", "pretraining", "cls", "qa", "base")
 
 
 def check_task(cfg: config_lib.ModelConfig, task: str) -> None:
-  """ValueError for unknown tasks and for heads HF does not define for the family."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-  if task == "pretraining" and cfg.model_type != "bert":
-    raise ValueError(
-        f"task 'pretraining' (MLM+NSP) exists only for bert, not {cfg.model_type} "
-        "(HF has no such head); use task 'mlm'")
+    """ValueError for unknown tasks and for heads HF does not define for the family."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task == "pretraining" and cfg.model_type != "bert":
+        raise ValueError(
+            f"task 'pretraining' (MLM+NSP) exists only for bert, not {cfg.model_type} "
+            "(HF has no such head); use task 'mlm'")
 
 
 def has_pooler(cfg: config_lib.ModelConfig, task: str) -> bool:
-  """Whether the HF model for (family, task) carries a pooler (BertModel/RobertaModel do,
-  BertForMaskedLM/QA do not, DistilBERT never)."""
-  if cfg.model_type == "bert":
-    return task in ("pretraining", "cls", "base")
-  if cfg.model_type == "roberta":
-    return task == "base"
-  return False
+    """Whether the HF model for (family, task) carries a pooler (BertModel/RobertaModel do,
+    BertForMaskedLM/QA do not, DistilBERT never)."""
+    if cfg.model_type == "bert":
+        return task in ("pretraining", "cls", "base")
+    if cfg.model_type == "roberta":
+        return task == "base"
+    return False
 
 
 class Backbone(nn.Module):
-  """Embeddings + encoder (+ pooler). Returns a dict and the word table for tied decoding."""
-  config: config_lib.ModelConfig
-  with_pooler: bool = False
-  dense_injector: layers.Injector = None
-  embedding_quant: Optional[Callable] = None
-  remat: bool = False
+    """Embeddings + encoder (+ pooler). Returns a dict and the word table for tied decoding."""
+    config: config_lib.ModelConfig
+    with_pooler: bool = False
+    dense_injector: layers.Injector = None
+    embedding_quant: Optional[Callable] = None
+    remat: bool = False
 
-  @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
-    cfg = self.config
-    x, word_table = layers.Embeddings(cfg, self.embedding_quant, name="embeddings")(
-        input_ids, token_type_ids, deterministic)
-    bias = layers.attention_bias(attention_mask, input_ids.shape)
-    x, hidden_states, attentions = layers.Encoder(
-        cfg, self.dense_injector, self.remat, name="encoder")(x, bias, deterministic)
-    out = {"last_hidden_state": x, "hidden_states": hidden_states, "attentions": attentions}
-    if self.with_pooler:
-      out["pooler_output"] = heads.Pooler(cfg, self.dense_injector, name="pooler")(x)
-    return out, word_table
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
+        cfg = self.config
+        x, word_table = layers.Embeddings(cfg, self.embedding_quant, name="embeddings")(
+            input_ids, token_type_ids, deterministic)
+        bias = layers.attention_bias(attention_mask, input_ids.shape)
+        x, hidden_states, attentions = layers.Encoder(
+            cfg, self.dense_injector, self.remat, name="encoder")(x, bias, deterministic)
+        out = {"last_hidden_state": x, "hidden_states": hidden_states, "attentions": attentions}
+        if self.with_pooler:
+            out["pooler_output"] = heads.Pooler(cfg, self.dense_injector, name="pooler")(x)
+        return out, word_table
 
 
 class BertFamily(nn.Module):
-  """Encoder + task head. See CONTRACTS.md for the call signature and output keys.
+    """Encoder + task head. See CONTRACTS.md for the call signature and output keys.
 
-  Attributes:
-    config: ModelConfig (family, sizes, compute dtype).
-    task: one of TASKS.
-    dense_injector: path -> dot_general_cls or None, for every Dense (QAT hook).
-    embedding_quant: optional function applied to embedding tables before lookup (and to the
-      tied decoder, which is the same table).
-    remat: rematerialise each encoder layer in the backward pass (memory for compute).
-  """
-  config: config_lib.ModelConfig
-  task: str = "base"
-  dense_injector: layers.Injector = None
-  embedding_quant: Optional[Callable] = None
-  remat: bool = False
+    Attributes:
+      config: ModelConfig (family, sizes, compute dtype).
+      task: one of TASKS.
+      dense_injector: path -> dot_general_cls or None, for every Dense (QAT hook).
+      embedding_quant: optional function applied to embedding tables before lookup (and to the
+        tied decoder, which is the same table).
+      remat: rematerialise each encoder layer in the backward pass (memory for compute).
+    """
+    config: config_lib.ModelConfig
+    task: str = "base"
+    dense_injector: layers.Injector = None
+    embedding_quant: Optional[Callable] = None
+    remat: bool = False
 
-  def __post_init__(self):
-    check_task(self.config, self.task)
-    super().__post_init__()
+    def __post_init__(self):
+        check_task(self.config, self.task)
+        super().__post_init__()
 
-  @nn.compact
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               masked_positions=None, deterministic: bool = True,
-               output_hidden_states: bool = False, output_attentions: bool = False):
-    cfg, task, inj = self.config, self.task, self.dense_injector
-    enc, word_table = Backbone(cfg, has_pooler(cfg, task), inj, self.embedding_quant,
-                               self.remat, name="backbone")(
-                                   input_ids, attention_mask, token_type_ids, deterministic)
-    hidden = enc["last_hidden_state"]
-    out = {"last_hidden_state": hidden}
-    if "pooler_output" in enc and task == "base":
-      out["pooler_output"] = enc["pooler_output"]
-    if task in ("mlm", "pretraining"):
-      picked = heads.gather_positions(hidden, masked_positions)
-      out["mlm_logits"] = heads.MlmHead(cfg, inj, name="mlm_head")(picked, word_table)
-    if task == "pretraining":
-      out["nsp_logits"] = heads.NspHead(cfg, inj, name="nsp_head")(enc["pooler_output"])
-    if task == "cls":
-      out["logits"] = heads.classifier_logits(self, hidden, enc.get("pooler_output"), cfg, inj,
-                                              deterministic)
-    if task == "qa":
-      out["start_logits"], out["end_logits"] = heads.qa_logits(self, hidden, cfg, inj,
-                                                               deterministic)
-    if output_hidden_states:
-      out["hidden_states"] = enc["hidden_states"]
-    if output_attentions:
-      out["attentions"] = enc["attentions"]
-    return out
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+                 masked_positions=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        cfg, task, inj = self.config, self.task, self.dense_injector
+        enc, word_table = Backbone(cfg, has_pooler(cfg, task), inj, self.embedding_quant,
+                                   self.remat, name="backbone")(
+                                       input_ids, attention_mask, token_type_ids, deterministic)
+        hidden = enc["last_hidden_state"]
+        out = {"last_hidden_state": hidden}
+        if "pooler_output" in enc and task == "base":
+            out["pooler_output"] = enc["pooler_output"]
+        if task in ("mlm", "pretraining"):
+            picked = heads.gather_positions(hidden, masked_positions)
+            out["mlm_logits"] = heads.MlmHead(cfg, inj, name="mlm_head")(picked, word_table)
+        if task == "pretraining":
+            out["nsp_logits"] = heads.NspHead(cfg, inj, name="nsp_head")(enc["pooler_output"])
+        if task == "cls":
+            out["logits"] = heads.classifier_logits(
+                self, hidden, enc.get("pooler_output"), cfg, inj, deterministic)
+        if task == "qa":
+            out["start_logits"], out["end_logits"] = heads.qa_logits(self, hidden, cfg, inj,
+                                                                     deterministic)
+        if output_hidden_states:
+            out["hidden_states"] = enc["hidden_states"]
+        if output_attentions:
+            out["attentions"] = enc["attentions"]
+        return out
 
 
 def _dummy_inputs(seq_len: int):
-  return jnp.zeros((1, seq_len), jnp.int32)
+    return jnp.zeros((1, seq_len), jnp.int32)
 
 
 def init_variables(model: BertFamily, rng: jax.Array, seq_len: int = 8) -> dict:
-  """All variable collections (boxed with logical axes), e.g. for QAT's quant_stats."""
-  rng_params, rng_dropout = jax.random.split(rng)
-  return model.init({"params": rng_params, "dropout": rng_dropout}, _dummy_inputs(seq_len))
+    """All variable collections (boxed with logical axes), e.g. for QAT's quant_stats."""
+    rng_params, rng_dropout = jax.random.split(rng)
+    return model.init({"params": rng_params, "dropout": rng_dropout}, _dummy_inputs(seq_len))
 
 
 def init_params(model: BertFamily, rng: jax.Array, seq_len: int = 8) -> Any:
-  """Freshly initialised params as plain arrays (logical-axis boxes removed)."""
-  return nn.meta.unbox(init_variables(model, rng, seq_len)["params"])
+    """Freshly initialised params as plain arrays (logical-axis boxes removed)."""
+    return nn.meta.unbox(init_variables(model, rng, seq_len)["params"])
 
 
 def abstract_params(model: BertFamily, seq_len: int = 8) -> Any:
-  """jax.ShapeDtypeStruct pytree of the params (no computation, no memory)."""
-  boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), seq_len))
-  return nn.meta.unbox(boxed["params"])
+    """jax.ShapeDtypeStruct pytree of the params (no computation, no memory)."""
+    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), seq_len))
+    return nn.meta.unbox(boxed["params"])
 
 
 def logical_specs(model: BertFamily, seq_len: int = 8) -> Any:
-  """Pytree of logical PartitionSpecs matching init_params(model, ...)."""
-  boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), seq_len))
-  return nn.get_partition_spec(boxed)["params"]
+    """Pytree of logical PartitionSpecs matching init_params(model, ...)."""
+    boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), seq_len))
+    return nn.get_partition_spec(boxed)["params"]

@@ -15,96 +15,98 @@ Injector = layers.Injector
 
 
 class MlmHead(nn.Module):
-  """transform (Dense H->H) -> act -> LayerNorm -> x @ word_table.T + bias.
+    """transform (Dense H->H) -> act -> LayerNorm -> x @ word_table.T + bias.
 
-  BERT/DistilBERT use the encoder activation, RoBERTa's lm_head always erf-gelu.
-  """
-  config: config_lib.ModelConfig
-  dense_injector: Injector = None
+    BERT/DistilBERT use the encoder activation, RoBERTa's lm_head always erf-gelu.
+    """
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
 
-  @nn.compact
-  def __call__(self, x, word_table):
-    cfg = self.config
-    y = layers.dense(self, "transform", cfg.hidden_size, ("embed", "mlp"), cfg,
-                     self.dense_injector)(x)
-    act = "gelu" if cfg.model_type == "roberta" else cfg.hidden_act
-    y = layers.activation(act)(y)
-    y = layers.layer_norm(y, cfg, "layer_norm")
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                           ("vocab",)),
-                      (cfg.vocab_size,), jnp.float32)
-    logits = jnp.einsum("...h,vh->...v", y, word_table.astype(y.dtype))
-    return logits.astype(jnp.float32) + bias
+    @nn.compact
+    def __call__(self, x, word_table):
+        cfg = self.config
+        y = layers.dense(self, "transform", cfg.hidden_size, ("embed", "mlp"), cfg,
+                         self.dense_injector)(x)
+        act = "gelu" if cfg.model_type == "roberta" else cfg.hidden_act
+        y = layers.activation(act)(y)
+        y = layers.layer_norm(y, cfg, "layer_norm")
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("vocab",)),
+                          (cfg.vocab_size,), jnp.float32)
+        logits = jnp.einsum("...h,vh->...v", y, word_table.astype(y.dtype),
+                            preferred_element_type=jnp.float32)  # fp32 logits for the losses
+        return logits + bias
 
 
 class NspHead(nn.Module):
-  """BERT's seq_relationship: Dense(2) on the pooled output."""
-  config: config_lib.ModelConfig
-  dense_injector: Injector = None
+    """BERT's seq_relationship: Dense(2) on the pooled output."""
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
 
-  @nn.compact
-  def __call__(self, pooled):
-    cfg = self.config
-    out = layers.dense(self, "dense", 2, ("embed", None), cfg, self.dense_injector)(pooled)
-    return out.astype(jnp.float32)
+    @nn.compact
+    def __call__(self, pooled):
+        cfg = self.config
+        out = layers.dense(self, "dense", 2, ("embed", None), cfg, self.dense_injector)(pooled)
+        return out.astype(jnp.float32)
 
 
 class Pooler(nn.Module):
-  """BERT/RoBERTa pooler: tanh(Dense([CLS]))."""
-  config: config_lib.ModelConfig
-  dense_injector: Injector = None
+    """BERT/RoBERTa pooler: tanh(Dense([CLS]))."""
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
 
-  @nn.compact
-  def __call__(self, hidden):
-    cfg = self.config
-    d = layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, self.dense_injector)
-    return jnp.tanh(d(hidden[:, 0]))
+    @nn.compact
+    def __call__(self, hidden):
+        cfg = self.config
+        d = layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, self.dense_injector)
+        return jnp.tanh(d(hidden[:, 0]))
 
 
 class TwoLayerClassifier(nn.Module):
-  """RoBERTa (dropout, dense, tanh, dropout, out_proj) and DistilBERT (dense, relu,
-  dropout, out_proj) heads on the first token. Params: classifier/{dense,out_proj}."""
-  config: config_lib.ModelConfig
-  dense_injector: Injector = None
+    """RoBERTa (dropout, dense, tanh, dropout, out_proj) and DistilBERT (dense, relu,
+    dropout, out_proj) heads on the first token. Params: classifier/{dense,out_proj}."""
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
 
-  @nn.compact
-  def __call__(self, hidden, deterministic: bool):
-    cfg, inj = self.config, self.dense_injector
-    drop = nn.Dropout(cfg.cls_dropout)
-    x = hidden[:, 0]
-    if cfg.model_type == "roberta":
-      x = drop(x, deterministic=deterministic)
-      x = jnp.tanh(layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, inj)(x))
-    else:
-      x = nn.relu(layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, inj)(x))
-    x = drop(x, deterministic=deterministic)
-    return layers.dense(self, "out_proj", cfg.num_labels, ("mlp", None), cfg, inj)(x)
+    @nn.compact
+    def __call__(self, hidden, deterministic: bool):
+        cfg, inj = self.config, self.dense_injector
+        drop = nn.Dropout(cfg.cls_dropout)
+        dense = layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, inj)
+        x = hidden[:, 0]
+        if cfg.model_type == "roberta":
+            x = drop(x, deterministic=deterministic)
+            x = jnp.tanh(dense(x))
+        else:
+            x = nn.relu(dense(x))
+        x = drop(x, deterministic=deterministic)
+        return layers.dense(self, "out_proj", cfg.num_labels, ("mlp", None), cfg, inj)(x)
 
 
 def qa_logits(module: nn.Module, hidden, cfg: config_lib.ModelConfig, injector: Injector,
               deterministic: bool):
-  """Span QA: qa_outputs Dense(2) -> (start_logits, end_logits) [B, L] each."""
-  if cfg.model_type == "distilbert":
-    hidden = nn.Dropout(cfg.qa_dropout)(hidden, deterministic=deterministic)
-  out = layers.dense(module, "qa_outputs", 2, ("embed", None), cfg, injector)(hidden)
-  out = out.astype(jnp.float32)
-  return out[..., 0], out[..., 1]
+    """Span QA: qa_outputs Dense(2) -> (start_logits, end_logits) [B, L] each."""
+    if cfg.model_type == "distilbert":
+        hidden = nn.Dropout(cfg.qa_dropout)(hidden, deterministic=deterministic)
+    out = layers.dense(module, "qa_outputs", 2, ("embed", None), cfg, injector)(hidden)
+    out = out.astype(jnp.float32)
+    return out[..., 0], out[..., 1]
 
 
 def classifier_logits(module: nn.Module, hidden, pooled, cfg: config_lib.ModelConfig,
                       injector: Injector, deterministic: bool):
-  """Family-specific classification head, created as child "classifier" of `module`."""
-  if cfg.model_type == "bert":
-    x = nn.Dropout(cfg.cls_dropout)(pooled, deterministic=deterministic)
-    out = layers.dense(module, "classifier", cfg.num_labels, ("embed", None), cfg, injector)(x)
-  else:
-    out = TwoLayerClassifier(cfg, injector, name="classifier")(hidden, deterministic)
-  return out.astype(jnp.float32)
+    """Family-specific classification head, created as child "classifier" of `module`."""
+    if cfg.model_type == "bert":
+        x = nn.Dropout(cfg.cls_dropout)(pooled, deterministic=deterministic)
+        out = layers.dense(module, "classifier", cfg.num_labels, ("embed", None), cfg, injector)(x)
+    else:
+        out = TwoLayerClassifier(cfg, injector, name="classifier")(hidden, deterministic)
+    return out.astype(jnp.float32)
 
 
 def gather_positions(hidden, positions: Optional[jnp.ndarray]):
-  """hidden [B,L,H] at int positions [B,P] -> [B,P,H]; all positions when None."""
-  if positions is None:
-    return hidden
-  return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+    """hidden [B,L,H] at int positions [B,P] -> [B,P,H]; all positions when None."""
+    if positions is None:
+        return hidden
+    return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
 
