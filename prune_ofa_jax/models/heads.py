@@ -30,9 +30,8 @@ class MlmHead(nn.Module):
         act = "gelu" if cfg.model_type == "roberta" else cfg.hidden_act
         y = layers.activation(act)(y)
         y = layers.layer_norm(y, cfg, "layer_norm")
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                               ("vocab",)),
-                          (cfg.vocab_size,), jnp.float32)
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",))
+        bias = self.param("bias", bias_init, (cfg.vocab_size,), jnp.float32)
         logits = jnp.einsum("...h,vh->...v", y, word_table.astype(y.dtype),
                             preferred_element_type=jnp.float32)  # fp32 logits for the losses
         return logits + bias
