@@ -139,7 +139,8 @@ def run(config, workdir) -> dict:
 def _finish(run_, state, workdir, final_eval, wall) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
-    params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task)
+    params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
+                            overwrite=True)
     stats = masks_lib.sparsity_report(params, state.masks)
     report = {"task": run_.config.task, "steps": int(state.step), "wall_time_s": round(wall, 2),
               "eval": {k: float(v) for k, v in final_eval.items()},
