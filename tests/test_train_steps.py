@@ -57,6 +57,7 @@ def test_teacher_frozen_loss_falls_no_retrace(ckpts):
     c = train_helpers.recipe("prune_ofa_bert_base", "test", init=ckpts["bert"],
                              teacher=ckpts["bert"])
     c.train.steps = 30
+    c.optim.lr = 5e-3  # one batch fitted repeatedly: the loss must fall well below its start
     c.sparsity.end_step, c.sparsity.update_every, c.sparsity.freeze_step = 10, 5, 20
     run = build.build(c, mesh=mesh_lib.make_mesh(8, 1, 1))
     teacher_before = jax.tree.map(np.array, run.teacher_params)
@@ -93,3 +94,28 @@ def test_pattern_lock_keeps_every_zero(ckpts, tmp_path):
             jax.tree.map(lambda p, m: None if m is None else p, state.params, state.masks))):
         assert z.mean() > 0.69
         assert np.all(np.asarray(p)[z] == 0)
+
+
+def test_grad_accumulation_matches_full_batch_and_bf16_runs(ckpts):
+    c = train_helpers.recipe("prune_ofa_bert_base", "test", init=ckpts["bert"],
+                             teacher=ckpts["bert"])
+    c.model.overrides.hidden_dropout = 0.0     # microbatches draw other dropout masks
+    c.model.overrides.attention_dropout = 0.0
+    mesh = mesh_lib.make_mesh(8, 1, 1)
+    local = _batch(c)
+    metrics = {}
+    for accum in (1, 2):
+        c.train.grad_accum = accum
+        run = build.build(c, mesh=mesh)
+        _, m = run.step_fn(run.state, run.teacher_params,
+                           mesh_lib.global_batch(local, mesh, accum=accum))
+        metrics[accum] = jax.device_get(m)
+    assert metrics[2]["loss"] == pytest.approx(metrics[1]["loss"], rel=1e-5)
+    assert metrics[2]["grad_norm"] == pytest.approx(metrics[1]["grad_norm"], rel=1e-4)
+    c.train.grad_accum = 1
+    c.model.dtype = "bfloat16"
+    run = build.build(c, mesh=mesh)
+    state, m = run.step_fn(run.state, run.teacher_params, mesh_lib.global_batch(local, mesh))
+    assert np.isfinite(float(m["loss"]))
+    assert float(m["loss"]) == pytest.approx(float(metrics[1]["loss"]), rel=0.05)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))  # fp32 masters

@@ -63,27 +63,44 @@ def load_params(path: str, task: str, num_labels: int, init_missing_heads: bool)
                             "Face model dir (config.json)")
 
 
-def graft(fresh, loaded):
-    """Leaves of `fresh` replaced by same-path, same-shape leaves of `loaded`.
+def graft(fresh, loaded, source: str = "checkpoint"):
+    """Leaves of `fresh` replaced by the same-path leaves of `loaded`; a leaf `loaded` lacks
+    (e.g. a new task head) stays freshly initialised. A shape mismatch is an error.
     Returns (params, paths that stayed freshly initialised)."""
     flat_loaded = {jax.tree_util.keystr(k): v
                    for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
     kept_fresh = []
 
     def pick(path, x):
-        y = flat_loaded.get(jax.tree_util.keystr(path))
-        if y is None or tuple(y.shape) != tuple(x.shape):
-            kept_fresh.append(jax.tree_util.keystr(path))
+        key = jax.tree_util.keystr(path)
+        y = flat_loaded.get(key)
+        if y is None:
+            kept_fresh.append(key)
             return x
+        if tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"{source}: tensor {key} has shape {tuple(y.shape)}, the model "
+                             f"expects {tuple(x.shape)}")
         return jnp.asarray(y, x.dtype)
     return jax.tree_util.tree_map_with_path(pick, fresh), kept_fresh
 
 
+# Overrides a loaded checkpoint may take (regularisation, numerics); anything else would
+# change parameter shapes or semantics and must match the checkpoint.
+FREE_OVERRIDES = ("hidden_dropout", "attention_dropout", "classifier_dropout", "qa_dropout",
+                  "dtype", "num_labels")
+
+
 def _model_config(config, loaded_cfg):
-    if loaded_cfg is not None:
-        mcfg = loaded_cfg
+    overrides = dict(config.model.overrides)
+    if loaded_cfg is None:
+        mcfg = model_config_lib.by_name(config.model.name, **overrides)
     else:
-        mcfg = model_config_lib.by_name(config.model.name, **dict(config.model.overrides))
+        for k, v in overrides.items():
+            if k not in FREE_OVERRIDES and getattr(loaded_cfg, k, v) != v:
+                raise ValueError(
+                    f"config.model.overrides.{k}={v!r} conflicts with the checkpoint at "
+                    f"config.init.path ({k}={getattr(loaded_cfg, k)!r})")
+        mcfg = dataclasses.replace(loaded_cfg, **overrides)
     return dataclasses.replace(mcfg, num_labels=config.num_labels, dtype=config.model.dtype)
 
 
@@ -142,7 +159,7 @@ def build(config, mesh=None) -> Run:
     variables = nn.meta.unbox(init(jax.random.key(config.seed)))
     params, quant_stats = variables["params"], variables.get("quant_stats", {})
     if loaded is not None:
-        params, fresh = graft(params, loaded)
+        params, fresh = graft(params, loaded, f"config.init.path={config.init.path}")
         if fresh:
             log.warning("freshly initialised (not in %s): %s", config.init.path, fresh)
 
@@ -199,7 +216,7 @@ def _teacher(config, student_cfg, mesh, rules):
     teacher = bert.BertFamily(tcfg, config.task)
     fresh = nn.meta.unbox(jax.jit(functools.partial(bert.init_variables, teacher))(
         jax.random.key(0))["params"])
-    params, missing = graft(fresh, loaded)
+    params, missing = graft(fresh, loaded, f"config.teacher.path={config.teacher.path}")
     if missing:
         raise ValueError(f"teacher {config.teacher.path} lacks {missing} for task "
                          f"{config.task!r}; a teacher must have the task's heads")

@@ -122,8 +122,8 @@ def _global_sparsity(masks) -> jax.Array:
     leaves = [m for m in jax.tree.leaves(masks) if m is not None]
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    kept = sum(jnp.sum(m, dtype=jnp.float32) for m in leaves)
-    return 1.0 - kept / sum(m.size for m in leaves)
+    pruned = sum(m.size - jnp.sum(m, dtype=jnp.int32) for m in leaves)  # exact counts
+    return pruned / jnp.float32(sum(m.size for m in leaves))
 
 
 def pretrain_step(state, teacher_params, batch, **kw):
