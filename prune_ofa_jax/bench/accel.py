@@ -1,0 +1,54 @@
+"""Accelerator section: samples/s and MFU of the Prune OFA pretrain step (bf16 BERT-Base,
+seq 128) counting the frozen teacher's forward, next to the dense step. Runs only when
+the default backend is a GPU or TPU."""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+
+import jax
+
+from prune_ofa_jax.bench import flops, timing, variants
+from prune_ofa_jax.parallel import mesh as mesh_lib
+
+SKIPPED = {"skipped": "no accelerator"}
+
+
+def available() -> bool:
+    return jax.devices()[0].platform in ("gpu", "tpu")
+
+
+def run(bc, tmp: pathlib.Path, log=print) -> dict:
+    if not available():
+        log("accelerator section: skipped: no accelerator")
+        return dict(SKIPPED)
+    a, n = bc.accel, jax.device_count()
+    global_batch = a.batch_size * n
+    base = variants.base_config(a.model, "", a.dtype, global_batch, a.seq_len,
+                                a.max_predictions, bc.sparsity_target, bc.seed)
+    teacher = variants.save_teacher(base, tmp)
+    mesh = mesh_lib.make_mesh(-1, 1, 1)
+    mcfg = variants.model_config_of(base)
+    local = variants.synthetic_batch(global_batch // jax.process_count(), a.seq_len,
+                                     a.max_predictions, mcfg.vocab_size,
+                                     bc.seed + jax.process_index())
+    steps = variants.build_steps(base, ["dense", "prune_ofa"], teacher, local, mesh,
+                                 threads=2, log=log)
+    times, cpu = timing.interleave(steps, a.steps, a.warmup, 0.0, log=log)
+    kind = jax.devices()[0].device_kind
+    peak = flops.peak_flops(kind)
+    out = {"device_kind": kind, "devices": n, "model": a.model, "dtype": a.dtype,
+           "global_batch": global_batch, "seq_len": a.seq_len, "peak_flops_per_device": peak,
+           "prune_ofa_vs_dense": timing.ratio(times, "prune_ofa", "dense", cpu)}
+    for name, teacher_on in (("prune_ofa", True), ("dense", False)):
+        step_s = statistics.median(times[name])
+        f = flops.train_step_flops(mcfg, global_batch, a.seq_len, a.max_predictions, base.task,
+                                   True, teacher_on)
+        out[name] = {**timing.summary(times[name]), "samples_per_s": global_batch / step_s,
+                     "flops_per_step": f, "tflops_per_s_per_device": f["total"] / step_s / n / 1e12,
+                     "mfu": None if peak is None else flops.mfu(f["total"], step_s, peak, n)}
+    out["target_mfu"] = 0.45
+    mfu = out["prune_ofa"]["mfu"]
+    out["met"] = None if mfu is None else mfu >= 0.45
+    return out

@@ -1,0 +1,52 @@
+"""What ran the bench: CPU, cores, load, accelerator and package versions."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def info() -> dict:
+    import jax  # pylint: disable=import-outside-toplevel
+    dev = jax.devices()[0]
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "jax_backend": dev.platform, "device_kind": dev.device_kind,
+            "device_count": jax.device_count(), "load_avg_start": list(os.getloadavg()),
+            "versions": versions(), "git_commit": git_commit(),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

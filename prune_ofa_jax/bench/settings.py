@@ -1,0 +1,74 @@
+"""The bench's own config (a ConfigDict, overridden as `--config.key=value`) and the model
+it resolves to. Default: a 4-layer 256-wide BERT at batch 32, seq 128 (ENVIRONMENT.md's
+"small" baseline), which keeps the whole bench under 10 minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from prune_ofa_jax.models import config as model_config_lib
+
+# Bench-only aliases on top of models.config.by_name: (base name, overrides).
+ALIASES = {
+    "bert-small": ("bert-base-uncased", dict(num_layers=4, hidden_size=256, num_heads=4,
+                                             intermediate_size=1024)),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "bert-small"        # an alias above or a models.config name (minilm-l6, ...)
+    c.overrides = ""              # extra ModelConfig fields: "num_layers=2,vocab_size=1000"
+    c.dtype = "float32"           # compute dtype of the CPU figures
+    c.batch_size = 32
+    c.seq_len = 128
+    c.max_predictions = 20        # masked positions per row (P)
+    c.sparsity_target = 0.85
+    c.warmup = 1                  # untimed steps per variant after compilation
+    c.steps = 7                   # timed steps per variant (one per interleaved round)
+    c.time_budget_s = 540.0       # fewer rounds (>= 3) if the whole bench would run longer
+    c.pause_s = 0.05              # idle gap before each timed step (lets thread pools park)
+    c.extras = True               # extra variants: full-vocab dense, gathered HF, mask update
+    c.torch_threads = 0           # 0 = all cores
+    c.fast_compile = False        # XLA -O0 (smoke test only: timings then mean little)
+    c.compile_threads = 2         # variants compiled concurrently before any timing
+    c.seed = 0
+    c.accel = ml_collections.ConfigDict()   # GPU/TPU section (skipped on CPU)
+    c.accel.model = "bert-base-uncased"
+    c.accel.dtype = "bfloat16"
+    c.accel.batch_size = 256      # per device
+    c.accel.seq_len = 128
+    c.accel.max_predictions = 20
+    c.accel.warmup = 3
+    c.accel.steps = 10
+    return c
+
+
+def parse_overrides(text: str) -> dict:
+    """"a=1,b=x" -> {"a": 1, "b": "x"} (ints and floats converted)."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config.overrides: expected key=value, got {item!r}")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = value
+    return out
+
+
+def resolve_model(name: str, overrides: str = "") -> tuple[str, dict]:
+    """(models.config name, overrides) for a bench model name; validated by building it."""
+    base, extra = ALIASES.get(name, (name, {}))
+    extra = {**extra, **parse_overrides(overrides)}
+    model_config_lib.by_name(base, **extra)
+    return base, extra
+
+
+def model_config(name: str, overrides: str = "", dtype: str = "float32"):
+    base, extra = resolve_model(name, overrides)
+    return model_config_lib.by_name(base, **extra, dtype=dtype)

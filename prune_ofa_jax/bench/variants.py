@@ -1,0 +1,170 @@
+"""The JAX steps the bench times: each is the real jitted `train_step` from
+`train.build.build(config)`, with config = `recipes.upstream(...)` plus the variant's
+switches (masks, teacher, vocab projection at masked positions only, QAT, task)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import pathlib
+import time
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from prune_ofa_jax import recipes
+from prune_ofa_jax.bench import settings
+from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.models import config as model_config_lib
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import build as build_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One step variant. `mlm`: task "mlm" (no NSP/pooler, as HF BertForMaskedLM)."""
+    masks: bool = False
+    teacher: bool = False
+    gathered: bool = True          # distill.mlm_positions_only
+    qat: bool = False
+    mlm: bool = False
+    update_every_step: bool = False
+    extra: bool = False            # only with config.extras
+
+
+KINDS = {
+    "dense": Kind(),
+    "prune_ofa": Kind(masks=True, teacher=True),
+    "prune_ofa_full_vocab": Kind(masks=True, teacher=True, gathered=False),
+    "masks_only": Kind(masks=True),
+    "qat": Kind(qat=True),
+    "mlm_full_vocab": Kind(mlm=True, gathered=False),
+    "dense_full_vocab": Kind(gathered=False, extra=True),
+    "mlm_gathered": Kind(mlm=True, extra=True),
+    "mask_update": Kind(masks=True, update_every_step=True, extra=True),
+}
+
+
+def kinds(extras: bool) -> list[str]:
+    return [k for k, v in KINDS.items() if extras or not v.extra]
+
+
+def synthetic_batch(batch_size: int, seq_len: int, predictions: int, vocab: int,
+                    seed: int = 0) -> dict:
+    """Host numpy pretraining batch (contract format): random tokens, rows padded to a
+    random length in [seq_len/2, seq_len], `predictions` distinct masked positions per row
+    inside the real tokens (never [CLS] at 0)."""
+    if seq_len < 2 * predictions + 2:
+        raise ValueError(f"seq_len {seq_len} too short for {predictions} masked positions")
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(seq_len // 2, predictions + 2), seq_len + 1, batch_size)
+    ids = rng.integers(5, vocab, (batch_size, seq_len), dtype=np.int32)
+    attention = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
+    ids = ids * attention
+    types = ((np.arange(seq_len)[None] >= lengths[:, None] // 2) & (attention > 0))
+    positions = np.stack([np.sort(rng.choice(np.arange(1, n - 1), predictions, replace=False))
+                          for n in lengths]).astype(np.int32)
+    return dict(input_ids=ids, attention_mask=attention, token_type_ids=types.astype(np.int32),
+                masked_lm_positions=positions,
+                masked_lm_ids=rng.integers(5, vocab, (batch_size, predictions), dtype=np.int32),
+                masked_lm_weights=np.ones((batch_size, predictions), np.float32),
+                next_sentence_labels=rng.integers(0, 2, batch_size, dtype=np.int32))
+
+
+def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len: int,
+                predictions: int, target: float, seed: int) -> ml_collections.ConfigDict:
+    """The Prune OFA upstream recipe for the bench model and shapes."""
+    name, extra = settings.resolve_model(model, overrides)
+    c = recipes.upstream(name, target)
+    c.model.overrides = ml_collections.ConfigDict(extra)
+    c.model.dtype = dtype
+    c.seed = seed
+    c.train.batch_size = batch_size
+    c.data.seq_len = seq_len
+    c.data.max_predictions = predictions
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+    return c
+
+
+def variant_config(base: ml_collections.ConfigDict, kind: str,
+                   teacher_path: str) -> ml_collections.ConfigDict:
+    k = KINDS[kind]
+    c = ml_collections.ConfigDict(base.to_dict())
+    c.sparsity.enabled = k.masks
+    if k.update_every_step:
+        c.sparsity.update_every = 1
+    c.distill.kd_weight = 0.5 if k.teacher else 0.0
+    c.teacher.path = teacher_path if k.teacher else ""
+    c.distill.mlm_positions_only = k.gathered
+    c.quant.enabled = k.qat
+    if k.mlm:
+        c.task, c.data.nsp = "mlm", False
+    return c
+
+
+def model_config_of(base: ml_collections.ConfigDict):
+    """The ModelConfig build() will use for `base` (random init)."""
+    return model_config_lib.by_name(base.model.name, **dict(base.model.overrides),
+                                    dtype=base.model.dtype)
+
+
+def save_teacher(base: ml_collections.ConfigDict, directory: pathlib.Path) -> str:
+    """A random-init dense teacher of the student's shape as a params checkpoint."""
+    mcfg = model_config_of(base).replace(dtype="float32")
+    model = bert.BertFamily(mcfg, base.task)
+    params = jax.jit(lambda k: bert.init_params(model, k))(jax.random.key(base.seed + 1))
+    return str(params_ckpt.save_params(directory / "teacher", params, mcfg, base.task,
+                                       overwrite=True))
+
+
+class JaxStep:
+    """One variant: its compiled step, its (donated, fed back) state and the batch."""
+
+    def __init__(self, name: str, run: build_lib.Run, batch: dict):
+        self.name, self.run, self.batch = name, run, batch
+        self.state, run.state = run.state, None
+        self.lowered = run.step_fn.lower(self.state, run.teacher_params, batch)
+        self.compiled: Optional[Any] = None
+        self.compile_s = float("nan")
+        self.metrics: dict = {}
+
+    def compile(self, options: Optional[dict] = None) -> "JaxStep":
+        t0 = time.perf_counter()
+        self.compiled = self.lowered.compile(compiler_options=options or None)
+        self.compile_s = time.perf_counter() - t0
+        return self
+
+    def __call__(self) -> None:
+        self.state, self.metrics = self.compiled(self.state, self.run.teacher_params,
+                                                 self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+
+    def last_loss(self) -> float:
+        return float(self.metrics["loss"]) if self.metrics else float("nan")
+
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def build_steps(base: ml_collections.ConfigDict, names: list[str], teacher_path: str,
+                local_batch: dict, mesh, threads: int = 2, fast: bool = False,
+                log=print) -> dict[str, JaxStep]:
+    """Builds, lowers and compiles every variant, `threads` at a time (XLA compiles, about
+    half of it, release the GIL). Returns them in the order of `names`."""
+    batch = mesh_lib.global_batch(local_batch, mesh, accum=1)
+    options = FAST_COMPILE if fast else None
+
+    def make(name: str) -> JaxStep:
+        t0 = time.perf_counter()
+        run = build_lib.build(variant_config(base, name, teacher_path), mesh)
+        step = JaxStep(name, run, batch)
+        t_build = time.perf_counter() - t0
+        step.compile(options)
+        log(f"  built {name} in {t_build:.1f} s, compiled in {step.compile_s:.1f} s")
+        return step
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        return dict(zip(names, pool.map(make, names)))
