@@ -141,9 +141,7 @@ def eval_step(params, masks, quant_stats, batch, *, model, cfg: StepConfig):
     out, _ = forward(model, masks_lib.apply_masks(params, masks), quant_stats, batch, cfg,
                      train=False)
     if cfg.task in objectives.MLM_TASKS:
-        logits = objectives.mlm_logits_at_positions(out, batch, cfg.mlm_positions_only)
-        out = {**out, "mlm_logits": logits}
-    out.pop("hidden_states", None)
-    out.pop("attentions", None)
-    out.pop("last_hidden_state", None)
-    return out
+        out = {**out, "mlm_logits": objectives.mlm_logits_at_positions(
+            out, batch, cfg.mlm_positions_only)}
+    return {k: v for k, v in out.items()  # head outputs only: nothing large leaves the device
+            if k not in ("hidden_states", "attentions", "last_hidden_state")}
