@@ -9,13 +9,6 @@ variant the tests run (e.g. "85,test"), or just "test".
 
 from prune_ofa_jax import recipes
 
-TARGETS = (85, 90, )
-
 
 def get_config(arg: str = ""):
-    parts = [p for p in arg.split(",") if p]
-    test = "test" in parts
-    pct = [int(p) for p in parts if p != "test"] or [85]
-    if pct[0] not in TARGETS:
-        raise ValueError(f"prune_ofa_distilbert: target {pct[0]} is not one of {TARGETS}")
-    return recipes.upstream("distilbert-base-uncased", pct[0] / 100, "test" if test else "")
+    return recipes.upstream_from_arg("distilbert-base-uncased", arg, (85, 90,), 85)

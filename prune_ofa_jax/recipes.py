@@ -42,6 +42,15 @@ def upstream(model_name: str, target: float, arg: str = ""):
     return c
 
 
+def upstream_from_arg(model_name: str, arg: str, targets: tuple, default: int):
+    """A configs/prune_ofa_*.py argument: "<percent>[,test]" or "test" -> upstream config."""
+    parts = [p for p in arg.split(",") if p]
+    pct = [int(p) for p in parts if p != "test"] or [default]
+    if pct[0] not in targets:
+        raise ValueError(f"{model_name}: target {pct[0]} is not one of {targets}")
+    return upstream(model_name, pct[0] / 100, "test" if "test" in parts else "")
+
+
 GLUE_LABELS = {"cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": 1, "mnli": 3, "qnli": 2,
                "rte": 2, "wnli": 2}
 
