@@ -24,18 +24,18 @@ def get_config(arg: str = ""):
     p.batch_size = 16
     p.eval_batch_size = 128
     p.progress = True
-    p.teacher_steps = 60         # 1. fresh MLM/NSP heads for MiniLM (it ships without)
+    p.teacher_steps = 100        # 1. fresh MLM/NSP heads for MiniLM (it ships without)
     p.teacher_lr = 2e-4
-    p.prune_steps = 120          # 2. GMP 0 -> target over 60% of steps, frozen at 80%
+    p.prune_steps = 200          # 2. GMP 0 -> target over 60% of steps, frozen at 80%
     p.target = 0.8
-    p.update_every = 8
+    p.update_every = 12
     p.prune_lr = 1e-4
-    p.finetune_steps = 150       # 3. SST-2 on a subset; dev = the full 872 rows
-    p.train_subset = 2400
+    p.finetune_steps = 250       # 3. SST-2 on a subset; dev = the full 872 rows
+    p.train_subset = 4000
     p.finetune_lr = 1e-4
-    p.qat_steps = 50             # 4. Q8BERT-style QAT of the sparse fine-tuned model
+    p.qat_steps = 80             # 4. Q8BERT-style QAT of the sparse fine-tuned model
     p.qat_lr = 2e-5
-    p.qat_ema_decay = 0.99       # short run: EMA ranges must settle within ~50 steps
+    p.qat_ema_decay = 0.99       # short run: EMA ranges must settle within ~80 steps
     if arg == "test":
         p.seq_len = 32
         p.batch_size = 16
