@@ -11,6 +11,7 @@ import jax
 
 from prune_ofa_jax.bench import flops, timing, variants
 from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import synthetic
 
 SKIPPED = {"skipped": "no accelerator"}
 
@@ -30,9 +31,9 @@ def run(bc, tmp: pathlib.Path, log=print) -> dict:
     teacher = variants.save_teacher(base, tmp)
     mesh = mesh_lib.make_mesh(-1, 1, 1)
     mcfg = variants.model_config_of(base)
-    local = variants.synthetic_batch(global_batch // jax.process_count(), a.seq_len,
-                                     a.max_predictions, mcfg.vocab_size,
-                                     bc.seed + jax.process_index())
+    local = synthetic.batch("pretraining", global_batch // jax.process_count(), a.seq_len,
+                            mcfg.vocab_size, max_predictions=a.max_predictions,
+                            seed=bc.seed + jax.process_index(), pad_fraction=0.5)
     steps = variants.build_steps(base, ["dense", "prune_ofa"], teacher, local, mesh,
                                  threads=2, log=log)
     times, cpu = timing.interleave(steps, a.steps, a.warmup, 0.0, log=log)

@@ -15,6 +15,7 @@ import jax
 
 from prune_ofa_jax.bench import accel, flops, machine, timing, torch_hf, variants
 from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import synthetic
 
 # Timing order: the two sides of each figure sit next to (or near) each other.
 ORDER = ("torch_full", "mlm_full_vocab", "mlm_gathered", "torch_gathered", "dense_full_vocab",
@@ -107,8 +108,8 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
                                 bc.max_predictions, bc.sparsity_target, bc.seed)
     mcfg = variants.model_config_of(base)
     log(f"model {bc.model}: {mcfg}")
-    local = variants.synthetic_batch(bc.batch_size, bc.seq_len, bc.max_predictions,
-                                     mcfg.vocab_size, bc.seed)
+    local = synthetic.batch("pretraining", bc.batch_size, bc.seq_len, mcfg.vocab_size,
+                            max_predictions=bc.max_predictions, seed=bc.seed, pad_fraction=0.5)
     mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     deadline = t_start + bc.time_budget_s
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,6 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-import numpy as np
 
 from prune_ofa_jax import recipes
 from prune_ofa_jax.bench import settings
@@ -50,28 +49,6 @@ KINDS = {
 
 def kinds(extras: bool) -> list[str]:
     return [k for k, v in KINDS.items() if extras or not v.extra]
-
-
-def synthetic_batch(batch_size: int, seq_len: int, predictions: int, vocab: int,
-                    seed: int = 0) -> dict:
-    """Host numpy pretraining batch (contract format): random tokens, rows padded to a
-    random length in [seq_len/2, seq_len], `predictions` distinct masked positions per row
-    inside the real tokens (never [CLS] at 0)."""
-    if seq_len < 2 * predictions + 2:
-        raise ValueError(f"seq_len {seq_len} too short for {predictions} masked positions")
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(max(seq_len // 2, predictions + 2), seq_len + 1, batch_size)
-    ids = rng.integers(5, vocab, (batch_size, seq_len), dtype=np.int32)
-    attention = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
-    ids = ids * attention
-    types = ((np.arange(seq_len)[None] >= lengths[:, None] // 2) & (attention > 0))
-    positions = np.stack([np.sort(rng.choice(np.arange(1, n - 1), predictions, replace=False))
-                          for n in lengths]).astype(np.int32)
-    return dict(input_ids=ids, attention_mask=attention, token_type_ids=types.astype(np.int32),
-                masked_lm_positions=positions,
-                masked_lm_ids=rng.integers(5, vocab, (batch_size, predictions), dtype=np.int32),
-                masked_lm_weights=np.ones((batch_size, predictions), np.float32),
-                next_sentence_labels=rng.integers(0, 2, batch_size, dtype=np.int32))
 
 
 def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len: int,

@@ -10,7 +10,9 @@ def batch(task: str, batch_size: int, seq_len: int, vocab_size: int, *, max_pred
           num_labels: int = 2, seed: int = 0, pad_fraction: float = 0.25) -> dict:
     """One host batch; the last `pad_fraction` of each row's tokens is padding (varied)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, vocab_size, (batch_size, seq_len), dtype=np.int32)
+    # Ordinary word pieces (BERT's specials sit below 1000); [MASK] is 103 in BERT vocabs.
+    low, mask_id = min(1000, vocab_size // 4), min(103, vocab_size - 1)
+    ids = rng.integers(low, vocab_size, (batch_size, seq_len), dtype=np.int32)
     lengths = seq_len - rng.integers(0, int(seq_len * pad_fraction) + 1, batch_size)
     mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
     ids = np.where(mask > 0, ids, 0).astype(np.int32)
@@ -24,7 +26,7 @@ def batch(task: str, batch_size: int, seq_len: int, vocab_size: int, *, max_pred
                    masked_lm_ids=np.take_along_axis(ids, pos, 1).astype(np.int32),
                    masked_lm_weights=np.ones((batch_size, p), np.float32))
         out["input_ids"] = ids.copy()
-        np.put_along_axis(out["input_ids"], pos, 103, 1)  # [MASK]
+        np.put_along_axis(out["input_ids"], pos, mask_id, 1)
         if task == "pretraining":
             out["next_sentence_labels"] = rng.integers(0, 2, batch_size, dtype=np.int32)
     elif task == "cls":
