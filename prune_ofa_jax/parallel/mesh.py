@@ -102,11 +102,6 @@ def param_shardings(abstract_params, logical_specs, mesh, rules=DEFAULT_RULES):
         abstract_params, logical_specs, is_leaf=lambda s: isinstance(s, P) or s is None)
 
 
-def masks_shardings(masks, params_shard):
-    """Masks shard exactly like their params; None leaves stay None."""
-    return jax.tree.map(lambda s, m: None if m is None else s, params_shard, masks)
-
-
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state, params_shard,
                         mesh):
     """Params-shaped parts of the optimizer state follow the params; the rest is replicated."""

@@ -180,7 +180,7 @@ def build(config, mesh=None) -> Run:
     state_shardings = TrainState(
         step=mesh_lib.replicated(mesh, 0), params=p_shard,
         opt_state=mesh_lib.opt_state_shardings(tx, abstract_opt, p_shard, mesh),
-        masks=mesh_lib.masks_shardings(masks, p_shard),
+        masks=masks_lib.mask_like(p_shard, masks),  # masks shard like their params
         quant_stats=mesh_lib.replicated(mesh, quant_stats),
         data_position=mesh_lib.replicated(mesh, 0))
     # Build the state inside jit so every leaf lands in its own buffer with its sharding.
