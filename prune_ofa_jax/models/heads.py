@@ -6,12 +6,43 @@ converter is a pure name map.
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from prune_ofa_jax.models import config as config_lib
 from prune_ofa_jax.models import layers
 
 Injector = layers.Injector
+
+
+@jax.custom_vjp
+def vocab_projection(y: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
+    """fp32 logits `y @ table.T + bias` ([..., H] x [V, H] -> [..., V]).
+
+    Same math as the einsum plus a broadcast add; the custom VJP only changes how the bias
+    gradient is computed: a matrix-vector product `ones @ g` instead of a column sum over
+    the [N, V] logit gradient, which XLA:CPU reduces 30-40x slower at V = 30522 (76 ms vs
+    2 ms for N = 640; `python -m prune_ofa_jax.bench` measures the whole step).
+    """
+    return jnp.einsum("...h,vh->...v", y, table, preferred_element_type=jnp.float32) + bias
+
+
+def _vocab_projection_fwd(y, table, bias):
+    return vocab_projection(y, table, bias), (y, table, bias)
+
+
+def _vocab_projection_bwd(res, g):
+    y, table, bias = res
+    g2 = g.reshape(-1, g.shape[-1])
+    dy = jnp.einsum("...v,vh->...h", g.astype(y.dtype), table,
+                    preferred_element_type=jnp.float32).astype(y.dtype)
+    dtable = jnp.einsum("nv,nh->vh", g2.astype(y.dtype), y.reshape(-1, y.shape[-1]),
+                        preferred_element_type=jnp.float32).astype(table.dtype)
+    dbias = jnp.ones((g2.shape[0],), jnp.float32) @ g2.astype(jnp.float32)
+    return dy, dtable, dbias.astype(bias.dtype)
+
+
+vocab_projection.defvjp(_vocab_projection_fwd, _vocab_projection_bwd)
 
 
 class MlmHead(nn.Module):
@@ -32,9 +63,7 @@ class MlmHead(nn.Module):
         y = layers.layer_norm(y, cfg, "layer_norm")
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",))
         bias = self.param("bias", bias_init, (cfg.vocab_size,), jnp.float32)
-        logits = jnp.einsum("...h,vh->...v", y, word_table.astype(y.dtype),
-                            preferred_element_type=jnp.float32)  # fp32 logits for the losses
-        return logits + bias
+        return vocab_projection(y, word_table.astype(y.dtype), bias)  # fp32 for the losses
 
 
 class NspHead(nn.Module):
