@@ -50,3 +50,26 @@ def test_figures_from_fake_times_cover_every_variant():
     # Speed-ups are den/num: torch_full (index 0) over mlm_full_vocab (index 1) < 1 here.
     assert figs["ours_vs_hf_torch"]["value"] < 1 and not figs["ours_vs_hf_torch"]["met"]
     assert figs["mask_overhead"]["overhead_pct"] > 0
+
+
+def test_accelerator_section_runs_when_forced_on_cpu(tmp_path):
+    """The GPU/TPU MFU section, forced onto the 8 CPU devices with a tiny model and a stated
+    peak, so its code path is exercised before any session has an accelerator."""
+    bc = _tiny_config(extras=False)
+    bc.accel_only, bc.accel.force, bc.accel.peak_flops = True, True, 1e12
+    bc.accel.model, bc.accel.overrides, bc.accel.dtype = "bert-tiny", TINY, "bfloat16"
+    bc.accel.batch_size, bc.accel.seq_len, bc.accel.max_predictions = 1, 16, 3
+    bc.accel.warmup, bc.accel.steps = 1, 1
+    result = core.run(bc, str(tmp_path), log=lambda *_: None)
+    fig = json.loads((tmp_path / "bench.json").read_text())["figures"]["accelerator"]
+    assert set(result["figures"]) == {"accelerator"}
+    assert fig["global_batch"] == 8 and fig["devices"] == 8 and fig["dtype"] == "bfloat16"
+    prune, dense = fig["prune_ofa"], fig["dense"]
+    # the teacher's forward is counted: student 3x forward + teacher 1x = 4/3 of dense
+    assert prune["flops_per_step"]["teacher"] * 3 == prune["flops_per_step"]["student"]
+    assert prune["flops_per_step"]["total"] * 3 == dense["flops_per_step"]["total"] * 4
+    for step in (prune, dense):
+        assert step["samples_per_s"] > 0 and 0 < step["mfu"] < 1, step
+    assert fig["met"] == (prune["mfu"] >= 0.45)
+    ratio = fig["prune_ofa_vs_dense"]
+    assert all(math.isfinite(ratio[k]) and ratio[k] > 0 for k in ("ratio", "min_ratio"))

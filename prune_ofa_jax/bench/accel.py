@@ -21,12 +21,12 @@ def available() -> bool:
 
 
 def run(bc, tmp: pathlib.Path, log=print) -> dict:
-    if not available():
+    a, n = bc.accel, jax.device_count()
+    if not (available() or a.force):
         log("accelerator section: skipped: no accelerator")
         return dict(SKIPPED)
-    a, n = bc.accel, jax.device_count()
     global_batch = a.batch_size * n
-    base = variants.base_config(a.model, "", a.dtype, global_batch, a.seq_len,
+    base = variants.base_config(a.model, a.overrides, a.dtype, global_batch, a.seq_len,
                                 a.max_predictions, bc.sparsity_target, bc.seed)
     teacher = variants.save_teacher(base, tmp)
     mesh = mesh_lib.make_mesh(-1, 1, 1)
@@ -35,10 +35,10 @@ def run(bc, tmp: pathlib.Path, log=print) -> dict:
                             mcfg.vocab_size, max_predictions=a.max_predictions,
                             seed=bc.seed + jax.process_index(), pad_fraction=0.5)
     steps = variants.build_steps(base, ["dense", "prune_ofa"], teacher, local, mesh,
-                                 threads=2, log=log)
+                                 threads=2, fast=bc.fast_compile, log=log)
     times, cpu = timing.interleave(steps, a.steps, a.warmup, 0.0, log=log)
     kind = jax.devices()[0].device_kind
-    peak = flops.peak_flops(kind)
+    peak = a.peak_flops or flops.peak_flops(kind)
     out = {"device_kind": kind, "devices": n, "model": a.model, "dtype": a.dtype,
            "global_batch": global_batch, "seq_len": a.seq_len, "peak_flops_per_device": peak,
            "prune_ofa_vs_dense": timing.ratio(times, "prune_ofa", "dense", cpu)}

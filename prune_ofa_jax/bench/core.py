@@ -104,13 +104,20 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
     """The whole bench; writes `<out_dir>/bench.json` and returns its content."""
     t_start = time.perf_counter()
     info = machine.info()
+    if bc.accel_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            fig = accel.run(bc, pathlib.Path(tmp), log)
+        return _write({"machine": info, "config": bc.to_dict(), "warnings": [],
+                       "figures": {"accelerator": fig}, "steps": {},
+                       "wall_s": {"total": time.perf_counter() - t_start}}, out_dir, log)
     base = variants.base_config(bc.model, bc.overrides, bc.dtype, bc.batch_size, bc.seq_len,
                                 bc.max_predictions, bc.sparsity_target, bc.seed)
     mcfg = variants.model_config_of(base)
     log(f"model {bc.model}: {mcfg}")
     local = synthetic.batch("pretraining", bc.batch_size, bc.seq_len, mcfg.vocab_size,
                             max_predictions=bc.max_predictions, seed=bc.seed, pad_fraction=0.5)
-    mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    # The CPU figures run on a CPU device even where the default backend is a GPU or TPU.
+    mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices("cpu")[:1])
     deadline = t_start + bc.time_budget_s
     with tempfile.TemporaryDirectory() as tmp:
         teacher = variants.save_teacher(base, pathlib.Path(tmp))
@@ -139,6 +146,10 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
               "torch": torch_info, "warnings": warnings, "figures": figs,
               "steps": _step_records(steps, torch_steps, times, cpu, mcfg, bc),
               "wall_s": {"total": time.perf_counter() - t_start, "timing": timing_s}}
+    return _write(result, out_dir, log)
+
+
+def _write(result: dict, out_dir: str, log) -> dict:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")

@@ -33,8 +33,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.fast_compile = False        # XLA -O0 (smoke test only: timings then mean little)
     c.compile_threads = 2         # variants compiled concurrently before any timing
     c.seed = 0
+    c.accel_only = False          # only the GPU/TPU section (skip the CPU figures)
     c.accel = ml_collections.ConfigDict()   # GPU/TPU section (skipped on CPU)
     c.accel.model = "bert-base-uncased"
+    c.accel.overrides = ""        # as c.overrides, for the accelerator model
+    c.accel.force = False         # run the section on any backend (smoke test on CPU)
+    c.accel.peak_flops = 0.0      # per device; 0 = from flops.PEAK_BF16 by device kind
     c.accel.dtype = "bfloat16"
     c.accel.batch_size = 256      # per device
     c.accel.seq_len = 128
