@@ -96,15 +96,16 @@ def run(config, workdir) -> dict:
     for i, (name, (cfg, wd)) in enumerate(stages.items(), 1):
         done = wd / "report.json"
         if done.exists():
-            _say(f"stage {i}/{len(stages)} {name}: already done ({done}), skipping")
+            _say(f"stage {i}/{len(stages) + 1} {name}: already done ({done}), skipping")
             reports[name] = json.loads(done.read_text())
             continue
-        _say(f"stage {i}/{len(stages)} {name}: {cfg.train.steps} steps -> {wd}")
+        _say(f"stage {i}/{len(stages) + 1} {name}: {cfg.train.steps} steps -> {wd}")
         reports[name] = loop.run(cfg, wd)
         _say(f"stage {name} done in {reports[name]['wall_time_s']:.0f}s: "
              f"{json.dumps(reports[name]['eval'])}")
     from prune_ofa_jax import export_check  # pylint: disable=import-outside-toplevel
-    _say("stage 5/5 export to Hugging Face PyTorch, reload with transformers, compare logits")
+    _say(f"stage {len(stages) + 1}/{len(stages) + 1} export to Hugging Face PyTorch, reload "
+         "with transformers, compare logits")
     exports = export_check.export_and_check(stages, root / "5_export", p)
     summary = table(stages, reports, exports, config.sparsity.include)
     summary["wall_time_s"] = round(time.time() - t0, 1)
