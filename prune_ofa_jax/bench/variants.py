@@ -92,7 +92,7 @@ def save_teacher(base: ml_collections.ConfigDict, directory: pathlib.Path) -> st
     """A random-init dense teacher of the student's shape as a params checkpoint."""
     mcfg = model_config_of(base).replace(dtype="float32")
     model = bert.BertFamily(mcfg, base.task)
-    params = jax.jit(lambda k: bert.init_params(model, k))(jax.random.key(base.seed + 1))
+    params = bert.init_params(model, jax.random.key(base.seed + 1))
     return str(params_ckpt.save_params(directory / "teacher", params, mcfg, base.task,
                                        overwrite=True))
 

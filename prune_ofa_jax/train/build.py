@@ -155,8 +155,7 @@ def build(config, mesh=None) -> Run:
     injector, emb_q = _quant_hooks(config)
     model = bert.BertFamily(mcfg, config.task, dense_injector=injector, embedding_quant=emb_q)
 
-    init = jax.jit(functools.partial(bert.init_variables, model))  # eager init is ~4x slower
-    variables = nn.meta.unbox(init(jax.random.key(config.seed)))
+    variables = nn.meta.unbox(bert.init_variables(model, jax.random.key(config.seed)))
     params, quant_stats = variables["params"], variables.get("quant_stats", {})
     if loaded is not None:
         params, fresh = graft(params, loaded, f"config.init.path={config.init.path}")
@@ -214,8 +213,7 @@ def _teacher(config, student_cfg, mesh, rules):
     loaded, tcfg, _ = load_params(config.teacher.path, config.task, config.num_labels, False)
     tcfg = dataclasses.replace(tcfg, num_labels=config.num_labels, dtype=student_cfg.dtype)
     teacher = bert.BertFamily(tcfg, config.task)
-    fresh = nn.meta.unbox(jax.jit(functools.partial(bert.init_variables, teacher))(
-        jax.random.key(0))["params"])
+    fresh = bert.init_params(teacher, jax.random.key(0))
     params, missing = graft(fresh, loaded, f"config.teacher.path={config.teacher.path}")
     if missing:
         raise ValueError(f"teacher {config.teacher.path} lacks {missing} for task "
