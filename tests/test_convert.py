@@ -119,24 +119,23 @@ def converted(request, tmp_path_factory):
                 reloaded=reloaded, batch=inputs(family), root=root)
 
 
-def test_import_matches_pytorch_logits(converted):
-    c = converted
-    assert c["config"].num_labels == (c["model"].config.num_labels)
+def _assert_parity(c, torch_model, label: str):
+    """Our outputs on c's params equal `torch_model`'s on the same batch, within TOL."""
     diffs = max_diffs(flax_outputs(c["params"], c["config"], c["task"], c["batch"]),
-                      torch_outputs(c["model"], c["batch"]), c["task"])
-    print(f"\n[parity import] {c['id']}: " +
+                      torch_outputs(torch_model, c["batch"]), c["task"])
+    print(f"\n[parity {label}] {c['id']}: " +
           ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     assert diffs and max(diffs.values()) < TOL
+
+
+def test_import_matches_pytorch_logits(converted):
+    assert converted["config"].num_labels == (converted["model"].config.num_labels)
+    _assert_parity(converted, converted["model"], "import")
 
 
 def test_export_reload_matches_logits(converted):
-    c = converted
-    assert type(c["reloaded"]) is type(c["model"])
-    diffs = max_diffs(flax_outputs(c["params"], c["config"], c["task"], c["batch"]),
-                      torch_outputs(c["reloaded"], c["batch"]), c["task"])
-    print(f"\n[parity export] {c['id']}: " +
-          ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    assert diffs and max(diffs.values()) < TOL
+    assert type(converted["reloaded"]) is type(converted["model"])
+    _assert_parity(converted, converted["reloaded"], "export")
 
 
 def test_round_trip_state_dict_identical(converted):
