@@ -1,9 +1,14 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) so sharding is exercised."""
+"""Test setup: 8 fake CPU devices (set before jax is imported) so sharding is exercised, and
+a persistent compilation cache so the many tiny steps the suite builds compile once."""
 
 import os
 
+# XLA's backend at -O0 without its expensive LLVM passes: the suite's steps are tiny, so
+# compiling them dominates its time, and the codegen stays correct (only slower to run).
+# Tests check behaviour, never speed (speed is the bench's job, which compiles normally).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU runs the fake devices' collectives as blocking tasks on one shared thread pool
@@ -26,6 +31,31 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(
     os.environ.get("PRUNE_OFA_DATA", REPO.parent / "shared" / "data")
 )
+# Many tests build the same step (one recipe on several meshes, a run and its resume, the
+# demo's two fine-tunes, a CLI run in a subprocess): identical programs compile once. Set
+# through the environment so subprocesses share it. The cache lives in the (ignored)
+# checkout, so a fresh clone starts cold, as CI does.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each holds 8 fake devices and ~3 GB)."""
+    del config
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory) -> dict:
+    """Tiny random checkpoints (real 30522 vocab) shared by the training tests: the same
+    shapes everywhere, so their steps compile once (see the cache above)."""
+    import train_helpers  # pylint: disable=import-outside-toplevel
+    root = tmp_path_factory.mktemp("tiny_ckpts")
+    return {"bert": train_helpers.save_tiny(root / "bert"),
+            "distilbert": train_helpers.save_tiny(root / "distil", "distilbert-base-uncased",
+                                                  "mlm")}
 
 
 @pytest.fixture(scope="session")

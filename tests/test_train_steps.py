@@ -12,11 +12,8 @@ from prune_ofa_jax.train import build, synthetic
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
-    return {"bert": train_helpers.save_tiny(root / "bert"),
-            "distilbert": train_helpers.save_tiny(root / "distil", "distilbert-base-uncased",
-                                                  "mlm")}
+def ckpts(tiny_ckpts):
+    return tiny_ckpts
 
 
 RECIPES = [("teacher_prep", "test", "bert"), ("prune_ofa_bert_base", "test", "bert"),
