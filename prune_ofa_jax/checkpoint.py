@@ -19,19 +19,24 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint in the workdir was written by a run with another model or task."""
 
 
-def make_manager(directory, *, keep: int = 3, save_every: int = 1000,
-                 async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(directory, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    """The run's manager. When to save is the loop's decision (`should_save`), never Orbax's:
+    its interval policy also saves the first step it sees (a wasted full checkpoint)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_every,
-        enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
+        create=True)
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
                                  item_names=("state", "meta"))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
-         force: bool = False) -> bool:
+def should_save(done: int, every: int, total: int, preempted: bool = False) -> bool:
+    """After `done` steps: on the interval, at the end, and when preempted. Nothing else."""
+    return done % every == 0 or done == total or preempted
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> bool:
     return manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def _abstract(tree):

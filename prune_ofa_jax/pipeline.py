@@ -14,7 +14,7 @@ import logging
 import pathlib
 import time
 
-from prune_ofa_jax import config_base, paths, recipes
+from prune_ofa_jax import config_base, jsonio, logs, paths, recipes
 from prune_ofa_jax.eval import compression
 from prune_ofa_jax.train import loop
 
@@ -87,9 +87,14 @@ def stage_configs(p, root: pathlib.Path) -> dict:
 
 
 def run(config, workdir) -> dict:
-    p = config.pipeline
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
+    with logs.to_file(root):  # the whole demo's log; each stage also writes its own
+        return _run(config, root)
+
+
+def _run(config, root: pathlib.Path) -> dict:
+    p = config.pipeline
     t0 = time.time()
     reports = {}
     stages = stage_configs(p, root)
@@ -102,14 +107,14 @@ def run(config, workdir) -> dict:
         _say(f"stage {i}/{len(stages) + 1} {name}: {cfg.train.steps} steps -> {wd}")
         reports[name] = loop.run(cfg, wd)
         _say(f"stage {name} done in {reports[name]['wall_time_s']:.0f}s: "
-             f"{json.dumps(reports[name]['eval'])}")
+             f"{jsonio.dumps(reports[name]['eval'])}")
     from prune_ofa_jax import export_check  # pylint: disable=import-outside-toplevel
     _say(f"stage {len(stages) + 1}/{len(stages) + 1} export to Hugging Face PyTorch, reload "
          "with transformers, compare logits")
     exports = export_check.export_and_check(stages, root / "5_export", p)
     summary = table(stages, reports, exports, config.sparsity.include)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     print(format_table(summary), flush=True)
     return summary
 
@@ -125,7 +130,7 @@ def table(stages, reports, exports, prunable) -> dict:
         comp = compression.report(params, prunable, int8=int8)
         ev = reports[name]["eval"]
         rows.append({"model": label, "stage": name,
-                     "accuracy": ev.get("accuracy", float("nan")),
+                     "accuracy": ev.get("accuracy"),
                      "encoder_sparsity": comp["prunable_sparsity"],
                      "params_total": comp["params_total"],
                      "params_nonzero": comp["params_nonzero"],
@@ -144,7 +149,8 @@ def format_table(summary: dict) -> str:
             f"{'nonzero':>10s} {'fp32 MB':>8s} {'stored MB':>9s} {'x':>5s}")
     lines = ["", head, "-" * len(head)]
     for r in summary["rows"]:
-        lines.append(f"{r['model']:28s} {r['accuracy']:9.4f} {r['encoder_sparsity']:8.3f} "
+        acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        lines.append(f"{r['model']:28s} {acc:>9s} {r['encoder_sparsity']:8.3f} "
                      f"{r['params_total']:10d} {r['params_nonzero']:10d} "
                      f"{r['size_dense_fp32_mb']:8.2f} {r['size_stored_mb']:9.2f} "
                      f"{r['compression_x']:5.1f}")

@@ -1,22 +1,22 @@
 """Smoke test of the demo pipeline (configs/demo.py:test) on a tiny random BERT: every stage
 runs, every artifact is there, the exported HF models reload with `transformers`, give our
-logits, and hold exactly the sparsity the report states."""
+logits, and hold exactly the sparsity the report states. Every report is strict JSON."""
 
-import json
-
+import jax
 import numpy as np
 import pytest
 import transformers
 
 import train_helpers
-from prune_ofa_jax import pipeline
+from prune_ofa_jax import jsonio, pipeline
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
-import jax
+
+pytestmark = pytest.mark.xdist_group("demo")  # one worker builds the demo for all three
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even if other tests run in between
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     # A tiny random BertModel in HF layout (the demo's default is the real MiniLM-L6).
@@ -32,17 +32,21 @@ def demo(tmp_path_factory):
 def test_every_stage_wrote_its_report_and_model(demo):
     run, summary, _ = demo
     for stage in ("1_teacher", "2_prune", "3_finetune_sparse", "3_finetune_dense", "4_qat"):
-        report = json.loads((run / stage / "report.json").read_text())
+        report = jsonio.loads_strict((run / stage / "report.json").read_text())
         assert report["steps"] == 4
         assert (run / stage / "model" / "model.json").exists()
         assert (run / stage / "metrics.jsonl").stat().st_size > 0
-    assert json.loads((run / "summary.json").read_text())["rows"] == summary["rows"]
+    assert jsonio.loads_strict((run / "summary.json").read_text())["rows"] == summary["rows"]
+    # a dense model has no prunable tensor: its sparsity is undefined, null (was NaN)
+    dense = jsonio.loads_strict((run / "3_finetune_dense" / "report.json").read_text())
+    assert dense["sparsity"]["global"] is None
+    assert (run / "log.txt").stat().st_size > 0 and (run / "2_prune" / "log.txt").exists()
 
 
 def test_sparsity_in_report_export_and_table_agree(demo):
     run, summary, c = demo
     target = c.pipeline.target
-    prune = json.loads((run / "2_prune" / "report.json").read_text())
+    prune = jsonio.loads_strict((run / "2_prune" / "report.json").read_text())
     assert prune["sparsity"]["global"] == pytest.approx(target, abs=2e-3)
     rows = {r["stage"]: r for r in summary["rows"]}
     assert rows["3_finetune_dense"]["encoder_sparsity"] < 0.01

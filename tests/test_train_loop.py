@@ -1,7 +1,9 @@
-"""The run loop on real data: scheduled sparsity, frozen masks, exact resume after a kill,
-the NaN guard, config errors before compiling, and checkpoint/config mismatch."""
+"""The run loop on real data: scheduled sparsity, frozen masks, checkpoints only on the
+interval and at the end, exact resume after a kill and after SIGTERM, the NaN guard, strict
+JSON outputs, config errors before compiling, and checkpoint/config mismatch."""
 
-import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 import train_helpers
 from prune_ofa_jax import checkpoint as ckpt_lib
+from prune_ofa_jax import jsonio
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import schedules
@@ -17,8 +20,8 @@ from prune_ofa_jax.train import build, inputs, loop, synthetic, validate
 
 
 @pytest.fixture(scope="module")
-def init_dir(tmp_path_factory):
-    return train_helpers.save_tiny(tmp_path_factory.mktemp("init") / "bert")
+def init_dir(tiny_ckpts):
+    return tiny_ckpts["bert"]
 
 
 def _pruning_config(init_dir, **over):
@@ -35,11 +38,15 @@ def _pruning_config(init_dir, **over):
 
 
 def test_masks_follow_schedule_then_freeze(init_dir, tmp_path):
-    c = _pruning_config(init_dir, **{"sparsity.regrow": True})  # regrow: masks *could* move
+    c = _pruning_config(init_dir, **{"sparsity.regrow": True,  # regrow: masks *could* move
+                                     "checkpoint.every": 3, "checkpoint.keep": 5})
     report = loop.run(c, tmp_path)
+    # on the interval and at the end; never the first step (Orbax's own policy saves it)
+    assert ckpt_lib.make_manager(tmp_path / "checkpoints").all_steps() == [3, 6, 8]
+    assert jsonio.loads_strict((tmp_path / "report.json").read_text()) == report
     sched = schedules.CubicSchedule(target=c.sparsity.target, end_step=4, update_every=2,
                                     freeze_step=6)
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    logged = [jsonio.loads_strict(line) for line in (tmp_path / "metrics.jsonl").open()]
     by_step = {m["step"]: m["sparsity"] for m in logged if "sparsity" in m}
     for done, s in by_step.items():
         last_update = max(u for u in (0, 2, 4) if u <= done - 1)
@@ -62,32 +69,52 @@ def test_masks_change_only_on_update_steps(init_dir):
     assert 2 in changed
 
 
-def test_kill_and_resume_equals_uninterrupted(init_dir, tmp_path, monkeypatch):
-    c = _pruning_config(init_dir)
-    loop.run(c, tmp_path / "straight")
-
-    real = inputs.make_sources
-
-    def crashing(cfg):
+def _interrupting(real, step_at: int, action):
+    """make_sources whose train source calls `action` when asked for batch `step_at`."""
+    def make(cfg):
         src = real(cfg)
         batch = src.train.batch
 
-        def killed_at_6(step):
-            if step == 6:
-                raise KeyboardInterrupt("simulated kill at step 6")
+        def interrupted(step):
+            if step == step_at:
+                action()
             return batch(step)
-        src.train.batch = killed_at_6
+        src.train.batch = interrupted
         return src
-    monkeypatch.setattr(inputs, "make_sources", crashing)
+    return make
+
+
+def _kill():
+    raise KeyboardInterrupt("simulated kill")
+
+
+def test_kill_and_sigterm_resume_equal_uninterrupted(init_dir, tmp_path, monkeypatch):
+    """SIGTERM during step 6: the step finishes, is saved, and the run stops cleanly; a hard
+    kill during step 8 then loses step 7 only. The same command twice more reaches the
+    uninterrupted params bit for bit."""
+    c = _pruning_config(init_dir)
+    loop.run(c, tmp_path / "straight")
+    real, wd = inputs.make_sources, tmp_path / "interrupted"
+    handler_before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(inputs, "make_sources", _interrupting(
+        real, 5, lambda: os.kill(os.getpid(), signal.SIGTERM)))
+    with pytest.raises(loop.Preempted, match="after step 6"):
+        loop.run(c, wd)
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # our handler removed again
+    assert ckpt_lib.make_manager(wd / "checkpoints").all_steps() == [4, 6]
+    monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 7, _kill))
     with pytest.raises(KeyboardInterrupt):
-        loop.run(c, tmp_path / "killed")
-    assert not (tmp_path / "killed" / "report.json").exists()
+        loop.run(c, wd)  # resumes from 6, killed before step 8 is saved
+    assert not (wd / "report.json").exists()
+    assert ckpt_lib.make_manager(wd / "checkpoints").latest_step() == 6
     monkeypatch.setattr(inputs, "make_sources", real)
-    report = loop.run(c, tmp_path / "killed")  # same command: resumes from step 4
+    report = loop.run(c, wd)  # same command: resumes from step 6
     assert report["steps"] == 8
     a, _, _ = params_ckpt.load_params(tmp_path / "straight" / "model")
-    b, _, _ = params_ckpt.load_params(tmp_path / "killed" / "model")
+    b, _, _ = params_ckpt.load_params(wd / "model")
     jax.tree.map(np.testing.assert_array_equal, a, b)
+    log_txt = (wd / "log.txt").read_text()
+    assert "resumed from step 6" in log_txt and "absl" in log_txt  # library INFO kept
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(init_dir, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prune_ofa_jax.sparsity import exact_topk
 from prune_ofa_jax.sparsity import patterns as patterns_lib
@@ -206,7 +207,8 @@ def _ratio(counts: list[jax.Array], sizes: list[int]) -> jax.Array:
     return sum(counts) / jnp.float32(sum(sizes))
 
 
-def sparsity_report(params: PyTree, masks: PyTree) -> dict[str, float]:
-    """Host-side `sparsity_stats` as python floats (one jitted computation)."""
-    stats = jax.jit(sparsity_stats)(params, masks)
-    return {k: float(v) for k, v in jax.device_get(stats).items()}
+def sparsity_report(params: PyTree, masks: PyTree) -> dict[str, Optional[float]]:
+    """Host-side `sparsity_stats` as python floats (one jitted computation); a fraction over
+    no tensor at all (a dense model has no prunable leaf) is None, which JSON writes as null."""
+    stats = jax.device_get(jax.jit(sparsity_stats)(params, masks))
+    return {k: float(v) if np.isfinite(v) else None for k, v in stats.items()}

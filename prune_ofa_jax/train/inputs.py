@@ -133,6 +133,15 @@ def _squad(c, tok) -> Sources:
         eval=feats, metrics=metrics)
 
 
+def describe(c, sources: Sources) -> str:
+    """One line for the console: what the run reads."""
+    what = {"text": "text " + ", ".join(c.data.text_files), "glue": f"GLUE {c.data.glue_task}",
+            "squad": "SQuAD v1.1", "tweets": "disaster tweets"}[c.data.kind]
+    epoch = getattr(sources.train, "steps_per_epoch", None)
+    size = f", {epoch:,} steps per epoch" if isinstance(epoch, int) else ""
+    return f"{what} ({c.data.source}{size}), seq_len {c.data.seq_len}"
+
+
 def make_sources(c) -> Sources:
     tok = tokenization.load_tokenizer(tokenizer_path(c))
     if c.data.kind == "text":

@@ -1,24 +1,28 @@
 """run(config, workdir): resume-or-start, iterate the jitted step, log, checkpoint, evaluate,
 and write the final model and report.json.
 
-Nothing is lost on a crash: checkpoints every `checkpoint.every` steps (async) hold the whole
-train state including the data position, so the same command resumes and reaches the same
-params as an uninterrupted run. A non-finite loss stops the run naming the step; the last
-good checkpoint is kept (a bad state is never saved).
+Nothing is lost on a crash: checkpoints on the `checkpoint.every` interval (async) hold the
+whole train state including the data position, so the same command resumes and reaches the
+same params as an uninterrupted run. SIGTERM (preemption) saves the current step and stops
+with `Preempted`. A non-finite loss stops the run naming the step; the last good checkpoint
+is kept (a bad state is never saved). The full log, library INFO included, is WORKDIR/log.txt.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import pathlib
+import signal
+import threading
 import time
 
 import jax
 import numpy as np
 
 from prune_ofa_jax import checkpoint as ckpt_lib
+from prune_ofa_jax import jsonio, logs
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
@@ -32,6 +36,15 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: the state after `step` steps is saved; the same command resumes."""
+
+    def __init__(self, step: int, directory):
+        super().__init__(f"preempted (SIGTERM) after step {step}; its checkpoint is in "
+                         f"{directory}. Run the same command to resume.")
+        self.step = step
 
 
 class MetricWriter:
@@ -52,7 +65,7 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self.jsonl.write(jsonio.dumps({"step": step, **clean}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             for k, v in clean.items():
@@ -80,60 +93,113 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm.tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
+@contextlib.contextmanager
+def _sigterm_flag():
+    """A flag SIGTERM sets (single process, main thread). Multi-process runs use JAX's own
+    preemption notifier instead (via the manager), which all hosts agree on."""
+    flag = threading.Event()
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(run_, workdir: pathlib.Path) -> None:
+    c, m = run_.config, run_.model_config
+    n = sum(x.size for x in jax.tree.leaves(run_.state.params))
+    log.info("model: %s, %d layers, hidden %d, %.1fM params, task %s; init %s", m.model_type,
+             m.num_layers, m.hidden_size, n / 1e6, c.task, c.init.path or "random")
+    if run_.teacher is not None:
+        log.info("teacher (frozen): %s; KD weight %g, T=%g", c.teacher.path,
+                 c.distill.kd_weight, c.distill.temperature)
+    if c.sparsity.enabled:
+        log.info("pruning: %s %s to %.0f%% over steps %d-%d, masks every %d, frozen at %d",
+                 c.sparsity.method, c.sparsity.pattern, 100 * c.sparsity.target,
+                 c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.update_every,
+                 c.sparsity.freeze_step)
+    elif c.sparsity.lock_pattern:
+        log.info("sparsity pattern of the init weights locked")
+    log.info("run: %d steps, batch %d x %d tokens, mesh %s (%d devices), %s", c.train.steps,
+             c.train.batch_size, c.data.seq_len, dict(run_.mesh.shape), run_.mesh.size,
+             c.model.dtype + (", QAT" if c.quant.enabled else ""))
+    log.info("outputs: %s (log.txt, metrics.jsonl, tb/, checkpoints/, model/, report.json)",
+             workdir)
+
+
 def run(config, workdir) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
     validate_lib.validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    with logs.to_file(workdir), _sigterm_flag() as sigterm:
+        return _run(config, workdir, sigterm)
+
+
+def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     mesh_lib.maybe_initialize_distributed()
     t_start = time.time()
-
     run_ = build_lib.build(config)
     data = inputs_lib.make_sources(config)
-    manager = ckpt_lib.make_manager(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                    save_every=config.checkpoint.every,
+    ckpt_dir = workdir / "checkpoints"
+    manager = ckpt_lib.make_manager(ckpt_dir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
     meta = {"signature": _signature(run_)}
+    _describe(run_, workdir)
+    log.info("data: %s", inputs_lib.describe(config, data))
     state = run_.state
     restored = ckpt_lib.restore_latest(manager, state, meta)
     if restored is not None:
         state = restored[0]
-        log.info("resumed from step %d", int(state.step))
-    start = int(state.step)
-    accum = config.train.grad_accum
+        log.info("resumed from step %d (%s)", int(state.step), ckpt_dir)
+    start, total = int(state.step), config.train.steps
     writer = MetricWriter(workdir)
-    bar = _progress(config.train.steps, start, config.train.progress)
+    bar = _progress(total, start, config.train.progress)
     try:
-        for step in range(start, config.train.steps):
+        for step in range(start, total):
             local = data.train.batch(int(state.data_position))
-            batch = mesh_lib.global_batch(local, run_.mesh, accum=accum)
+            batch = mesh_lib.global_batch(local, run_.mesh, accum=config.train.grad_accum)
             state, metrics = run_.step_fn(state, run_.teacher_params, batch)
             loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
             if not (math.isfinite(loss) and math.isfinite(gnorm)):  # before any save
                 raise NonFiniteLossError(
                     f"loss {loss}, grad norm {gnorm} at step {step}; stopped. The last good "
-                    f"checkpoint (step {manager.latest_step()}) in {workdir / 'checkpoints'} "
-                    "is kept.")
+                    f"checkpoint (step {manager.latest_step()}) in {ckpt_dir} is kept.")
             done = step + 1
-            if done % config.train.log_every == 0 or done == config.train.steps:
+            if done % config.train.log_every == 0 or done == total:
                 m = jax.device_get(metrics)
                 writer.write(done, m)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", sparsity=f"{float(m['sparsity']):.3f}")
             if config.train.eval_every and done % config.train.eval_every == 0:
-                writer.write(done, evaluate_lib.evaluate(run_, state, data))
-            ckpt_lib.save(manager, done, state, meta, force=done == config.train.steps)
+                _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
+            preempted = (manager.reached_preemption(done) if jax.process_count() > 1
+                         else sigterm.is_set())
+            if ckpt_lib.should_save(done, config.checkpoint.every, total, preempted):
+                ckpt_lib.save(manager, done, state, meta)
+                log.info("checkpoint: step %d -> %s", done, ckpt_dir)
             if bar is not None:
                 bar.update(1)
+            if preempted:
+                raise Preempted(done, ckpt_dir)
     finally:
         manager.wait_until_finished()
         if bar is not None:
             bar.close()
     final_eval = evaluate_lib.evaluate(run_, state, data)
-    writer.write(int(state.step), final_eval)
+    _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start)
+
+
+def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
+    writer.write(step, metrics)
+    log.info("eval at step %d: %s", step,
+             ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items() if np.ndim(v) == 0))
 
 
 def _finish(run_, state, workdir, final_eval, wall) -> dict:
@@ -142,9 +208,12 @@ def _finish(run_, state, workdir, final_eval, wall) -> dict:
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
                             overwrite=True)
     stats = masks_lib.sparsity_report(params, state.masks)
-    report = {"task": run_.config.task, "steps": int(state.step), "wall_time_s": round(wall, 2),
-              "eval": {k: float(v) for k, v in final_eval.items()},
-              "sparsity": stats, "model_dir": str(workdir / "model")}
+    report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
+                           "wall_time_s": round(wall, 2),
+                           "eval": {k: float(v) for k, v in final_eval.items()},
+                           "sparsity": stats, "model_dir": str(workdir / "model")})
     if jax.process_index() == 0:
-        (workdir / "report.json").write_text(json.dumps(report, indent=2))
+        (workdir / "report.json").write_text(jsonio.dumps(report, indent=2))
+    log.info("done in %.0f s: final model %s, report %s", wall, workdir / "model",
+             workdir / "report.json")
     return report
