@@ -13,12 +13,8 @@ from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
 
-pytestmark = pytest.mark.xdist_group("demo")  # one worker builds the demo for all three
 
-
-@pytest.fixture(scope="session")  # session: built once even if other tests run in between
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
+def _demo(root):
     # A tiny random BertModel in HF layout (the demo's default is the real MiniLM-L6).
     mcfg = model_config.by_name("bert-base-uncased", **train_helpers.TINY)
     params = bert.init_params(bert.BertFamily(mcfg, "base"), jax.random.key(0))
@@ -29,7 +25,16 @@ def demo(tmp_path_factory):
     return root / "run", summary, c
 
 
-def test_every_stage_wrote_its_report_and_model(demo):
+def test_demo_pipeline(tmp_path):
+    """One test, one build of the demo: the checks below share it (tests spread over
+    xdist workers would each build their own)."""
+    demo = _demo(tmp_path)
+    _every_stage_wrote_its_report_and_model(demo)
+    _sparsity_in_report_export_and_table_agree(demo)
+    _exports_reload_in_transformers_with_our_logits(demo)
+
+
+def _every_stage_wrote_its_report_and_model(demo):
     run, summary, _ = demo
     for stage in ("1_teacher", "2_prune", "3_finetune_sparse", "3_finetune_dense", "4_qat"):
         report = jsonio.loads_strict((run / stage / "report.json").read_text())
@@ -43,7 +48,7 @@ def test_every_stage_wrote_its_report_and_model(demo):
     assert (run / "log.txt").stat().st_size > 0 and (run / "2_prune" / "log.txt").exists()
 
 
-def test_sparsity_in_report_export_and_table_agree(demo):
+def _sparsity_in_report_export_and_table_agree(demo):
     run, summary, c = demo
     target = c.pipeline.target
     prune = jsonio.loads_strict((run / "2_prune" / "report.json").read_text())
@@ -58,7 +63,7 @@ def test_sparsity_in_report_export_and_table_agree(demo):
         rows["3_finetune_sparse"]["encoder_sparsity"], abs=1e-6)
 
 
-def test_exports_reload_in_transformers_with_our_logits(demo):
+def _exports_reload_in_transformers_with_our_logits(demo):
     _, summary, _ = demo
     for name, e in summary["exports"].items():
         model = transformers.AutoModelForSequenceClassification.from_pretrained(e["hf_dir"])
