@@ -4,6 +4,10 @@ a 2-core CPU. See prune_ofa_jax/pipeline.py for the stages.
 
   python -m prune_ofa_jax.main --config configs/demo.py --workdir runs/demo
 Args: "" (the demo) or "test" (a few steps per stage: the smoke test).
+
+Every stage runs with preset "" (config_base's defaults: KD at the masked positions only,
+hard-zero pruning, Adam eps 1e-6, no output re-quantisation), not the recipes' "reference":
+that keeps the demo small, fast and identical to the run measured in the README.
 """
 
 import ml_collections
@@ -14,6 +18,7 @@ from prune_ofa_jax import config_base
 def get_config(arg: str = ""):
     c = config_base.base()       # keys shared with single runs (sparsity.include, ...)
     p = ml_collections.ConfigDict()
+    p.preset = ""                # every stage; "reference" / "fast": see presets.py
     p.seed = 0
     p.base_model = ""            # "" = the real MiniLM-L6 from the pip package
     p.tokenizer = ""             # "" = MiniLM's WordPiece vocab

@@ -1,8 +1,9 @@
 """Downstream GLUE fine-tuning of a sparse pre-trained model, pattern locked.
 
   python -m prune_ofa_jax.main --config configs/finetune_glue.py:sst2 --workdir runs/sst2 \
-      --config.init.path=runs/prune_ofa_bert_base/model [--config.teacher.path=TASK_TEACHER \
-      --config.distill.kd_weight=0.5]
+      --config.init.path=runs/prune_ofa_bert_base/model [--config.teacher.path=TASK_TEACHER]
+3 epochs (--config.train.epochs; 0 = use --config.train.steps), batch 32, 128 tokens; a
+teacher adds KD 0.5/0.5, T=2 (preset "reference"; --config.distill.kd_weight=0 turns it off).
 Args: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), optionally ",test".
 """
 

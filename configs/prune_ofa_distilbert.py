@@ -5,6 +5,12 @@ teacher (both initialised from the teacher-prepared checkpoint).
       --config.init.path=TEACHER --config.teacher.path=TEACHER
 Args: one of {85, 90} (percent sparsity; default 85), optionally ",test" for the tiny
 variant the tests run (e.g. "85,test"), or just "test".
+
+Preset "reference" (512 tokens, KD on every token, regrow; --config.preset=fast: 128 tokens,
+KD at the masked positions, hard zero). Two phases, as BERT pre-training (128 then 512
+tokens): --config.data.seq_len=128 --config.train.steps=90000, then a second run with
+--config.init.path=<phase 1>/model --config.data.seq_len=512 and the pattern locked (the
+exact flags: recipes.upstream).
 """
 
 from prune_ofa_jax import recipes

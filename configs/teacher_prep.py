@@ -4,6 +4,8 @@ model on the pre-training text so the teacher has well-trained LM heads.
   python -m prune_ofa_jax.main --config configs/teacher_prep.py --workdir runs/teacher \
       --config.init.path=/path/to/bert-base-uncased
 Args: "" (BERT-Base, Wikipedia/BookCorpus-scale settings) or "test" (tiny, seconds).
+No preset (config_base's defaults: 128 tokens, 20 masked positions); --config.preset=reference
+gives 512 tokens and 77 masked positions.
 """
 
 from prune_ofa_jax import config_base

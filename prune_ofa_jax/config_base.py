@@ -4,12 +4,17 @@ the command line overrides further (`--config.sparsity.target=0.9`)."""
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
+from prune_ofa_jax import presets
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # None (a placeholder of its type) = "from the preset": presets.resolve fills it from the
+    # preset's table, so anything set explicitly wins. Preset "" = config_base's defaults.
+    c.preset = ""                   # reference | fast | "" (see presets.py)
     c.seed = 0
     c.task = "pretraining"          # pretraining (MLM+NSP) | mlm | cls | qa
     c.num_labels = 2                # cls: 1 = regression
@@ -27,10 +32,13 @@ def base() -> ml_collections.ConfigDict:
     c.teacher.path = ""               # frozen dense teacher; never checkpointed
 
     c.distill = ml_collections.ConfigDict()
-    c.distill.kd_weight = 0.0         # Prune OFA: 0.5 * task + 0.5 * T^2 KL
+    c.distill.kd_weight = config_dict.placeholder(float)  # Prune OFA: 0.5 * task + 0.5 *
+    #                                 T^2 KL; preset: 0.5 with a teacher.path, "": 0
     c.distill.task_weight = 0.5       # used only when kd_weight > 0
     c.distill.temperature = 2.0
-    c.distill.mlm_positions_only = True  # vocab projection + KD only at masked positions
+    c.distill.mlm_positions_only = config_dict.placeholder(bool)  # True: vocab projection +
+    #                                 KD at masked positions only; False: KD on every token
+    c.distill.fused_chunk = 32        # all-token MLM KD, fused: positions per chunk; 0 = naive
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "text"              # text | glue | squad | tweets
@@ -39,8 +47,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.text_files = ("wikitext2/valid.txt",)  # globs under root (kind=text)
     c.data.glue_task = "sst2"
     c.data.tokenizer = ""             # "" = init.path if it holds a tokenizer, else MiniLM's
-    c.data.seq_len = 128
-    c.data.max_predictions = 20
+    c.data.seq_len = config_dict.placeholder(int)  # preset: 512 (reference, MLM), else 128
+    c.data.max_predictions = config_dict.placeholder(int)  # round(0.15 * seq_len); "": 20
     c.data.nsp = True
     c.data.whole_word_mask = False
     c.data.train_subset = 0           # 0 = all rows
@@ -49,6 +57,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
+    c.train.epochs = 0                # > 0: steps = epochs * steps per epoch (from the data)
     c.train.batch_size = 32           # global
     c.train.grad_accum = 1
     c.train.log_every = 50
@@ -59,10 +68,11 @@ def base() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-5
     c.optim.warmup_steps = 0
+    c.optim.warmup_fraction = 0.0     # > 0 (and warmup_steps 0): warmup = fraction * steps
     c.optim.weight_decay = 0.01
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
-    c.optim.eps = 1e-6
+    c.optim.eps = config_dict.placeholder(float)  # preset: 1e-8; "": 1e-6
     c.optim.grad_clip = 1.0
     c.optim.lr_rewind = False         # Prune OFA: rewind LR at each mask update in the window
 
@@ -77,7 +87,8 @@ def base() -> ml_collections.ConfigDict:
     c.sparsity.freeze_step = 800
     c.sparsity.method = "uniform"     # uniform (per tensor, Prune OFA) | global
     c.sparsity.pattern = "unstructured"  # unstructured | "N:M" (e.g. "2:4") | "1xK[:l1|l2]"
-    c.sparsity.regrow = False         # False: hard-zero (pruned weights stay 0 in params)
+    c.sparsity.regrow = config_dict.placeholder(bool)  # False: hard zero (pruned weights
+    #                                 stay 0); True: dense latent weights, masks in the forward
     c.sparsity.include = masks_lib.DEFAULT_INCLUDE  # Prune OFA: encoder Linear kernels + pooler
     c.sparsity.exclude = ()
 
@@ -86,9 +97,11 @@ def base() -> ml_collections.ConfigDict:
     c.quant.weight_bits = 8
     c.quant.act_bits = 8
     c.quant.per_channel = False
-    c.quant.ema_decay = 0.9999
+    c.quant.ema_decay = config_dict.placeholder(float)  # preset: 0.99; "": 0.9999
     c.quant.quantize_embeddings = False
-    c.quant.requantize_output = False
+    c.quant.requantize_output = config_dict.placeholder(bool)  # fake-quantise Dense outputs
+    c.quant.requantize_after_bias = config_dict.placeholder(bool)  # ... after the bias
+    c.quant.requantize_exclude = config_dict.placeholder(tuple)  # path regexes not requantised
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -105,7 +118,11 @@ def base() -> ml_collections.ConfigDict:
 
 def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The `:test` variant of a recipe: a tiny model of the recipe's family, a few steps,
-    the real tokenizer and data."""
+    the real tokenizer and data. A "reference" recipe runs its tiny variant with preset
+    "fast" (KD at the masked positions, hard zero): its steps take seconds, and the reference
+    step has tests of its own (tests/test_fused_mlm.py, tests/test_presets.py)."""
+    if c.preset == presets.REFERENCE:
+        c.preset = presets.FAST
     c.model.overrides = ml_collections.ConfigDict(
         {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
          "max_position_embeddings": 64})
@@ -122,6 +139,8 @@ def shrink_for_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.progress = False
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 0
+    c.optim.warmup_fraction = 0.0
+    c.train.epochs = 0
     c.checkpoint.every = 4
     c.checkpoint.async_save = False
     if c.sparsity.enabled:

@@ -29,7 +29,8 @@ def test_bench_writes_every_figure(tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert set(data["figures"]) == set(core.FIGURES)
     assert data["figures"]["accelerator"] == {"skipped": "no accelerator"}
-    for key in ("prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense", "teacher_kd_cost",
+    for key in ("reference_kd_vs_dense_all_positions", "reference_kd_vs_naive",
+                "prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense", "teacher_kd_cost",
                 "mask_overhead", "qat_overhead", "ours_vs_hf_torch"):
         _assert_ratio(key, data["figures"][key])
         assert data["figures"][key] == result["figures"][key]
@@ -38,13 +39,29 @@ def test_bench_writes_every_figure(tmp_path):
         assert step["median_s"] > 0 and math.isfinite(step["last_loss"]), (name, step)
     assert data["machine"]["versions"]["jax"] and data["machine"]["cores"] >= 1
     assert data["model_config"]["num_layers"] == 1
+    mem = data["figures"]["reference_kd_peak_memory_ratio"]
+    assert mem["value"] > 0 and mem["target"] == 1.25 and isinstance(mem["met"], bool)
+    assert mem["numerator_bytes"] > 0 and mem["denominator_bytes"] > 0
+
+
+def test_kd_suite_runs_only_the_reference_kd_figures(tmp_path):
+    bc = _tiny_config(extras=False)
+    bc.suite = "kd"
+    core.run(bc, str(tmp_path), log=lambda *_: None)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["steps"]) == set(variants.KD_SUITE)  # no torch, no other variant
+    fig = data["figures"]["reference_kd_vs_dense_all_positions"]
+    _assert_ratio("reference_kd_vs_dense_all_positions", fig)
+    assert fig["target"] == 1.40 and fig["numerator"] == "reference_kd"
+    assert data["figures"]["reference_kd_peak_memory_ratio"]["value"] > 0
 
 
 def test_figures_from_fake_times_cover_every_variant():
     names = list(core.ORDER)
     times = {n: [1.0 + 0.1 * i, 1.1 + 0.1 * i, 0.9 + 0.1 * i] for i, n in enumerate(names)}
     figs = core.figures(times, times, flop_ratio=1.33, update_every=1000)
-    assert set(figs) | {"accelerator"} == set(core.FIGURES)
+    # the two figures figures() does not make: the accelerator's and compiled peak memory
+    assert set(figs) | {"accelerator", "reference_kd_peak_memory_ratio"} == set(core.FIGURES)
     for key, fig in figs.items():
         _assert_ratio(key, fig)
     # Speed-ups are den/num: torch_full (index 0) over mlm_full_vocab (index 1) < 1 here.

@@ -5,6 +5,7 @@ import pathlib
 
 import jax
 
+from prune_ofa_jax import presets
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
@@ -22,12 +23,13 @@ def save_tiny(directory, family="bert-base-uncased", task="pretraining", num_lab
     return str(directory)
 
 
-def recipe(name: str, arg: str = "test", **paths):
-    """configs/<name>.py:<arg> as a ConfigDict, with init/teacher paths set."""
+def recipe(name: str, arg: str = "test", resolve: bool = True, **paths):
+    """configs/<name>.py:<arg> as a ConfigDict, with init/teacher paths set and (unless
+    `resolve=False`) its preset resolved, as loop.run does: no key is left None."""
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config(arg)
     c.init.path = paths.get("init", c.init.path)
     c.teacher.path = paths.get("teacher", c.teacher.path)
-    return c
+    return presets.resolve(c) if resolve else c

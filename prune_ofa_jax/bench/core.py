@@ -3,7 +3,6 @@ the medians into the figures (ratios with their targets), a JSON file and a tabl
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -13,16 +12,19 @@ import time
 
 import jax
 
+from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import accel, flops, machine, timing, torch_hf, variants
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import synthetic
 
 # Timing order: the two sides of each figure sit next to (or near) each other.
-ORDER = ("torch_full", "mlm_full_vocab", "mlm_gathered", "torch_gathered", "dense_full_vocab",
-         "prune_ofa_full_vocab", "qat", "dense", "prune_ofa", "masks_only", "mask_update")
+ORDER = ("torch_full", "mlm_full_vocab", "mlm_gathered", "torch_gathered", "reference_kd",
+         "dense_full_vocab", "prune_ofa_full_vocab", "qat", "dense", "prune_ofa", "masks_only",
+         "mask_update")
 
 # Every figure key of bench.json (the smoke test checks them all).
-FIGURES = ("prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense",
+FIGURES = ("reference_kd_vs_dense_all_positions", "reference_kd_peak_memory_ratio",
+           "reference_kd_vs_naive", "prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense",
            "prune_ofa_full_vocab_vs_dense_full_vocab", "teacher_kd_cost", "mask_overhead",
            "qat_overhead", "ours_vs_hf_torch", "ours_vs_hf_torch_gathered",
            "ours_gathered_vs_hf_torch_stock", "mask_update_step", "accelerator")
@@ -31,7 +33,7 @@ FIGURES = ("prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense",
 def _figure(times, cpu, num, den, target=None, direction="<=", invert=False, note=""):
     """A ratio figure; `invert`: value = den/num (a speed-up of `num` over `den`)."""
     if num not in times or den not in times:
-        return {"skipped": "config.extras=False"}
+        return {"skipped": "not in this suite (config.suite / config.extras)"}
     r = timing.ratio(times, *((den, num) if invert else (num, den)), cpu=cpu)
     fig = {"value": r["ratio"], **r, "note": note}
     if target is not None:
@@ -44,6 +46,13 @@ def figures(times: dict, cpu: dict, flop_ratio: float, update_every: int) -> dic
     """All CPU figures from per-variant step times (wall and CPU seconds)."""
     fig = lambda *a, **k: _figure(times, cpu, *a, **k)  # noqa: E731
     f = {
+        "reference_kd_vs_dense_all_positions": fig(
+            "reference_kd", "dense_full_vocab", 1.40,
+            note="reference Prune OFA step (KD on every non-padding token, fused, teacher, "
+                 "masks) vs dense step with logits at every position; floor 4/3"),
+        "reference_kd_vs_naive": fig(
+            "reference_kd", "prune_ofa_full_vocab",
+            note="fused all-token KD vs the same loss on full [B, L, V] logits"),
         "prune_ofa_vs_dense": fig(
             "prune_ofa", "dense", 1.40,
             note=f"masks + frozen teacher + KD vs plain step; FLOP floor {flop_ratio:.3f}"),
@@ -83,6 +92,17 @@ def figures(times: dict, cpu: dict, flop_ratio: float, update_every: int) -> dic
     return f
 
 
+def memory_figure(steps: dict, num: str, den: str, target: float) -> dict:
+    """Compiled peak memory (temporaries + arguments) of two steps, as a ratio."""
+    if num not in steps or den not in steps:
+        return {"skipped": "not in this suite (config.suite / config.extras)"}
+    a, b = steps[num].peak_bytes(), steps[den].peak_bytes()
+    return {"value": a / b, "ratio": a / b, "target": target, "direction": "<=",
+            "met": a / b <= target, "numerator_bytes": a, "denominator_bytes": b,
+            "numerator": num, "denominator": den,
+            "note": "XLA memory_analysis(): temp + argument bytes of the compiled steps"}
+
+
 def _step_records(steps, torch_steps, times, cpu, mcfg, bc) -> dict:
     out = {}
     for name, ts in times.items():
@@ -112,6 +132,7 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
                        "wall_s": {"total": time.perf_counter() - t_start}}, out_dir, log)
     base = variants.base_config(bc.model, bc.overrides, bc.dtype, bc.batch_size, bc.seq_len,
                                 bc.max_predictions, bc.sparsity_target, bc.seed)
+    base.distill.fused_chunk = bc.fused_chunk
     mcfg = variants.model_config_of(base)
     log(f"model {bc.model}: {mcfg}")
     local = synthetic.batch("pretraining", bc.batch_size, bc.seq_len, mcfg.vocab_size,
@@ -121,22 +142,25 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
     deadline = t_start + bc.time_budget_s
     with tempfile.TemporaryDirectory() as tmp:
         teacher = variants.save_teacher(base, pathlib.Path(tmp))
-        steps = variants.build_steps(base, variants.kinds(bc.extras), teacher, local, mesh,
-                                     bc.compile_threads, bc.fast_compile, log)
-        torch_steps, torch_info = torch_hf.make_steps(mcfg, local, base.optim,
-                                                      bc.torch_threads, bc.extras, bc.seed)
+        steps = variants.build_steps(base, variants.kinds(bc.extras, bc.suite), teacher,
+                                     local, mesh, bc.compile_threads, bc.fast_compile, log)
+        torch_steps, torch_info = ({}, {"skipped": "suite kd"}) if bc.suite == "kd" else (
+            torch_hf.make_steps(mcfg, local, base.optim, bc.torch_threads, bc.extras, bc.seed))
         t_timing = time.perf_counter()
         fns = {**steps, **torch_steps}
         fns = {k: fns[k] for k in sorted(fns, key=ORDER.index)}
         times, cpu = timing.interleave(fns, bc.steps, bc.warmup, bc.pause_s,
                                        min(3, bc.steps), deadline, log)
         timing_s = time.perf_counter() - t_timing
-        accel_fig = accel.run(bc, pathlib.Path(tmp), log)
+        accel_fig = ({"skipped": "suite kd"} if bc.suite == "kd"
+                     else accel.run(bc, pathlib.Path(tmp), log))
     fl = {k: flops.train_step_flops(mcfg, bc.batch_size, bc.seq_len, bc.max_predictions,
                                     base.task, True, k == "prune")["total"]
           for k in ("prune", "dense")}
     figs = figures(times, cpu, fl["prune"] / fl["dense"], base.sparsity.update_every)
     figs["accelerator"] = accel_fig
+    figs["reference_kd_peak_memory_ratio"] = memory_figure(steps, "reference_kd",
+                                                           "dense_full_vocab", 1.25)
     info["load_avg_end"] = list(os.getloadavg())
     warnings = busy_warnings(info)
     result = {"machine": info, "config": bc.to_dict(), "model_config": mcfg.to_dict(),
@@ -152,7 +176,8 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
 def _write(result: dict, out_dir: str, log) -> dict:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    (out / "bench.json").write_text(
+        jsonio.dumps(result, indent=2, default=_json_default) + "\n")
     log(table(result))
     log(f"wrote {out / 'bench.json'} ({result['wall_s']['total']:.0f} s)")
     return result
@@ -191,9 +216,10 @@ def table(result: dict) -> str:
             rows.append((key, fig["skipped"], "", "", ""))
             continue
         target = f"{fig['direction']} {fig['target']}" if "target" in fig else "-"
-        rows.append((key, f"{fig['value']:.3f}", target, str(fig.get("met", "-")),
-                     f"{fig['paired_ratio']:.3f} / {fig['min_ratio']:.3f} / "
-                     f"{fig['cpu_ratio']:.3f}"))
+        extra = (f"{fig['numerator_bytes'] / 2**20:.0f} / {fig['denominator_bytes'] / 2**20:.0f}"
+                 " MiB" if "numerator_bytes" in fig else
+                 f"{fig['paired_ratio']:.3f} / {fig['min_ratio']:.3f} / {fig['cpu_ratio']:.3f}")
+        rows.append((key, f"{fig['value']:.3f}", target, str(fig.get("met", "-")), extra))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     steps = result["steps"]

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import jax
 import ml_collections
 
-from prune_ofa_jax import recipes
+from prune_ofa_jax import presets, recipes
 from prune_ofa_jax.bench import settings
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.models import bert
@@ -31,6 +31,7 @@ class Kind:
     qat: bool = False
     mlm: bool = False
     update_every_step: bool = False
+    fused: bool = False            # all-token KD fused (distill.fused_chunk > 0) vs naive
     extra: bool = False            # only with config.extras
 
 
@@ -38,16 +39,22 @@ KINDS = {
     "dense": Kind(),
     "prune_ofa": Kind(masks=True, teacher=True),
     "prune_ofa_full_vocab": Kind(masks=True, teacher=True, gathered=False),
+    "reference_kd": Kind(masks=True, teacher=True, gathered=False, fused=True),
     "masks_only": Kind(masks=True),
     "qat": Kind(qat=True),
     "mlm_full_vocab": Kind(mlm=True, gathered=False),
-    "dense_full_vocab": Kind(gathered=False, extra=True),
+    "dense_full_vocab": Kind(gathered=False),
     "mlm_gathered": Kind(mlm=True, extra=True),
     "mask_update": Kind(masks=True, update_every_step=True, extra=True),
 }
 
+# --config.suite=kd: the reference-mode KD figures (and the masked-positions step).
+KD_SUITE = ("dense_full_vocab", "reference_kd", "dense", "prune_ofa")
 
-def kinds(extras: bool) -> list[str]:
+
+def kinds(extras: bool, suite: str = "all") -> list[str]:
+    if suite == "kd":
+        return list(KD_SUITE)
     return [k for k, v in KINDS.items() if extras or not v.extra]
 
 
@@ -56,6 +63,9 @@ def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len
     """The Prune OFA upstream recipe for the bench model and shapes."""
     name, extra = settings.resolve_model(model, overrides)
     c = recipes.upstream(name, target)
+    # Hard zero in every variant (the `fast` preset's; `reference` keeps dense latent weights,
+    # one mask multiply less per step). Each variant sets its KD positions itself.
+    c.preset = "fast"
     c.model.overrides = ml_collections.ConfigDict(extra)
     c.model.dtype = dtype
     c.seed = seed
@@ -63,7 +73,7 @@ def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len
     c.data.seq_len = seq_len
     c.data.max_predictions = predictions
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
-    return c
+    return presets.resolve(c)  # the PyTorch step reads base.optim too
 
 
 def variant_config(base: ml_collections.ConfigDict, kind: str,
@@ -76,6 +86,7 @@ def variant_config(base: ml_collections.ConfigDict, kind: str,
     c.distill.kd_weight = 0.5 if k.teacher else 0.0
     c.teacher.path = teacher_path if k.teacher else ""
     c.distill.mlm_positions_only = k.gathered
+    c.distill.fused_chunk = base.distill.fused_chunk if k.fused else 0
     c.quant.enabled = k.qat
     if k.mlm:
         c.task, c.data.nsp = "mlm", False
@@ -113,6 +124,11 @@ class JaxStep:
         self.compiled = self.lowered.compile(compiler_options=options or None)
         self.compile_s = time.perf_counter() - t0
         return self
+
+    def peak_bytes(self) -> int:
+        """Compiled peak: temporaries + arguments (XLA's memory analysis)."""
+        m = self.compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes)
 
     def __call__(self) -> None:
         self.state, self.metrics = self.compiled(self.state, self.run.teacher_params,

@@ -85,7 +85,11 @@ class BertFamily(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
                  masked_positions=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 mlm_hidden: bool = False):
+        """`masked_positions` [B, P]: MLM logits only there. `mlm_hidden`: no MLM logits at
+        all; "mlm_hidden" [B, L, H], "mlm_table" and "mlm_bias" (the tied decoder's inputs)
+        instead, for a loss that projects chunk by chunk (distill/fused_mlm.py)."""
         cfg, task, inj = self.config, self.task, self.dense_injector
         enc, word_table = Backbone(cfg, has_pooler(cfg, task), inj, self.embedding_quant,
                                    self.remat, name="backbone")(
@@ -96,7 +100,11 @@ class BertFamily(nn.Module):
             out["pooler_output"] = enc["pooler_output"]
         if task in ("mlm", "pretraining"):
             picked = heads.gather_positions(hidden, masked_positions)
-            out["mlm_logits"] = heads.MlmHead(cfg, inj, name="mlm_head")(picked, word_table)
+            mlm = heads.MlmHead(cfg, inj, name="mlm_head")(picked, word_table, not mlm_hidden)
+            if mlm_hidden:
+                out["mlm_hidden"], out["mlm_table"], out["mlm_bias"] = mlm
+            else:
+                out["mlm_logits"] = mlm
         if task == "pretraining":
             out["nsp_logits"] = heads.NspHead(cfg, inj, name="nsp_head")(enc["pooler_output"])
         if task == "cls":

@@ -54,7 +54,9 @@ class MlmHead(nn.Module):
     dense_injector: Injector = None
 
     @nn.compact
-    def __call__(self, x, word_table):
+    def __call__(self, x, word_table, project: bool = True):
+        """fp32 logits; with `project=False` the decoder's inputs instead, (y, table, bias),
+        for a loss that applies the projection itself (distill/fused_mlm.py)."""
         cfg = self.config
         y = layers.dense(self, "transform", cfg.hidden_size, ("embed", "mlp"), cfg,
                          self.dense_injector)(x)
@@ -63,6 +65,8 @@ class MlmHead(nn.Module):
         y = layers.layer_norm(y, cfg, "layer_norm")
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",))
         bias = self.param("bias", bias_init, (cfg.vocab_size,), jnp.float32)
+        if not project:
+            return y, word_table.astype(y.dtype), bias
         return vocab_projection(y, word_table.astype(y.dtype), bias)  # fp32 for the losses
 
 

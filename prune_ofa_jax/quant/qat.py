@@ -13,6 +13,11 @@ symmetric, current max|w|), then multiplies. The EMA statistics are linen variab
 * `model.init` creates the stats at zero with `count == 0` and does not update them. A
   layer whose `count` is still 0 at eval (never trained) falls back to the current
   batch's min/max, i.e. dynamic quantisation, rather than erroring inside jit.
+
+Output re-quantisation (`requantize_output`) is per layer: `requantize_exclude` regexes name
+the layers that skip it. With `requantize_after_bias` the quantised value is the Dense output
+with its bias added, as the reference QuantizedLinear does (`F.linear(x, w, b)`, then the
+output fake-quant); otherwise the product before the float bias (an int32 accumulator).
 """
 
 import dataclasses
@@ -53,9 +58,11 @@ class QuantConfig:
     exclude: Tuple[str, ...] = ()
     quantize_embeddings: bool = False
     requantize_output: bool = False
+    requantize_after_bias: bool = False
+    requantize_exclude: Tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("include", "exclude"):
+        for name in ("include", "exclude", "requantize_exclude"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
@@ -86,6 +93,11 @@ class QuantConfig:
         return (any(re.search(p, path) for p in self.include)
                 and not any(re.search(p, path) for p in self.exclude))
 
+    def requantizes(self, path: str) -> bool:
+        """Whether the quantised Dense at `path` also fake-quantises its output."""
+        return self.requantize_output and not any(
+            re.search(p, path) for p in self.requantize_exclude)
+
 
 class QatDotGeneral(nn.Module):
     """Fake-quantised `lax.dot_general` for `nn.Dense(dot_general_cls=...)`.
@@ -93,8 +105,11 @@ class QatDotGeneral(nn.Module):
     lhs: activations, asymmetric `act_bits`, EMA(min/max) range in "quant_stats".
     rhs: weights, symmetric `weight_bits`, per tensor or per output channel (all
     non-contracting rhs axes, i.e. axis -1 of a Dense [in, out] kernel).
-    `requantize_output` also fake-quantises the product (before Dense adds the float bias,
-    as an int32-accumulator kernel would) with its own EMA range.
+    `requantize_output` also fake-quantises the product with its own EMA range: before Dense
+    adds the float bias (as an int32-accumulator kernel would), or with `after_bias` the
+    biased output (the reference). dot_general never sees the bias, so `after_bias` reads it
+    from the parent Dense (which creates it before and adds it after this call) and returns
+    `q(out + b) - b`: the Dense's output is then `q(out + b)`, to float rounding.
     """
 
     weight_bits: int = 8
@@ -102,6 +117,7 @@ class QatDotGeneral(nn.Module):
     per_channel: bool = False
     ema_decay: float = 0.9999
     requantize_output: bool = False
+    after_bias: bool = False
 
     def _range(self, prefix: str, x: Array, count: nn.Variable) -> Tuple[Array, Array]:
         lo_v = self.variable(COLLECTION, f"{prefix}_min", jnp.zeros, (), jnp.float32)
@@ -121,6 +137,14 @@ class QatDotGeneral(nn.Module):
         (_, rhs_contract), _ = dimension_numbers
         return tuple(a for a in range(rhs.ndim) if a not in tuple(rhs_contract))
 
+    def _parent_bias(self, out: Array) -> Optional[Array]:
+        """The enclosing Dense's bias in `out`'s dtype, broadcastable; None without one."""
+        parent = self.parent
+        if not isinstance(parent, nn.Module) or not parent.has_variable("params", "bias"):
+            return None
+        bias = nn.meta.unbox(parent.get_variable("params", "bias")).astype(out.dtype)
+        return jnp.reshape(bias, (1,) * (out.ndim - 1) + (-1,))
+
     @nn.compact
     def __call__(self, lhs: Array, rhs: Array, dimension_numbers, precision=None,
                  preferred_element_type=None, **kwargs) -> Array:
@@ -132,27 +156,33 @@ class QatDotGeneral(nn.Module):
         out = jax.lax.dot_general(lhs_q, rhs_q, dimension_numbers, precision=precision,
                                   preferred_element_type=preferred_element_type, **kwargs)
         if self.requantize_output:
-            olo, ohi = self._range("output", out, count)
-            out = fake_quant.fake_quant_asymmetric(out, olo, ohi, self.act_bits)
+            bias = self._parent_bias(out) if self.after_bias else None
+            y = out if bias is None else out + bias
+            olo, ohi = self._range("output", y, count)
+            y = fake_quant.fake_quant_asymmetric(y, olo, ohi, self.act_bits)
+            out = y if bias is None else y - bias
         if self.is_mutable_collection(COLLECTION) and not self.is_initializing():
             count.value = count.value + 1
         return out
 
 
-def dot_general_cls(cfg: QuantConfig) -> Callable[[], QatDotGeneral]:
-    """The zero-argument factory `nn.Dense(dot_general_cls=...)` calls; submodule "qat"."""
+def dot_general_cls(cfg: QuantConfig, requantize: Optional[bool] = None
+                    ) -> Callable[[], QatDotGeneral]:
+    """The zero-argument factory `nn.Dense(dot_general_cls=...)` calls; submodule "qat".
+    `requantize`: this layer's output re-quantisation (default: cfg.requantize_output)."""
     return functools.partial(
         QatDotGeneral, weight_bits=cfg.weight_bits, act_bits=cfg.act_bits,
         per_channel=cfg.per_channel, ema_decay=cfg.ema_decay,
-        requantize_output=cfg.requantize_output, name="qat")
+        requantize_output=cfg.requantize_output if requantize is None else requantize,
+        after_bias=cfg.requantize_after_bias, name="qat")
 
 
 def make_injector(cfg: QuantConfig) -> Callable[[str], Optional[Callable[[], Any]]]:
     """`dense_injector` for the models: path -> `dot_general_cls` or None (float)."""
-    factory = dot_general_cls(cfg)
+    factories = {r: dot_general_cls(cfg, r) for r in (False, True)}
 
     def injector(path: str) -> Optional[Callable[[], Any]]:
-        return factory if cfg.selects(path) else None
+        return factories[cfg.requantizes(path)] if cfg.selects(path) else None
 
     return injector
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prune_ofa_jax import presets
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.models import bert
@@ -139,11 +140,16 @@ def step_config(config) -> steps.StepConfig:
         task=config.task, num_labels=config.num_labels, seed=config.seed,
         task_weight=kd.task_weight if kd.kd_weight > 0 else 1.0, kd_weight=kd.kd_weight,
         temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
+        fused_chunk=kd.fused_chunk,
         regrow=config.sparsity.regrow, qat=config.quant.enabled)
 
 
 def build(config, mesh=None) -> Run:
-    """Everything but the data. Params come from config.init.path (or random init)."""
+    """Everything but the data. Params come from config.init.path (or random init). The
+    preset is resolved here if the caller has not (the bench, the tests); train.steps is
+    taken as given (loop.run resolves train.epochs from the data first)."""
+    if not presets.is_resolved(config):
+        config = presets.resolve(config)
     mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                   for k, v in config.mesh.rules)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from prune_ofa_jax import checkpoint as ckpt_lib
-from prune_ofa_jax import jsonio, logs
+from prune_ofa_jax import jsonio, logs, presets
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
@@ -132,10 +132,10 @@ def _describe(run_, workdir: pathlib.Path) -> None:
 
 def run(config, workdir) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
+    config = presets.resolve(config)
     validate_lib.validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     with logs.to_file(workdir), _sigterm_flag() as sigterm:
         return _run(config, workdir, sigterm)
 
@@ -143,8 +143,10 @@ def run(config, workdir) -> dict:
 def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     mesh_lib.maybe_initialize_distributed()
     t_start = time.time()
-    run_ = build_lib.build(config)
     data = inputs_lib.make_sources(config)
+    config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    run_ = build_lib.build(config)
     ckpt_dir = workdir / "checkpoints"
     manager = ckpt_lib.make_manager(ckpt_dir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)

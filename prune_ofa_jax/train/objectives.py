@@ -1,26 +1,62 @@
 """Per-task losses of the student and the distillation term against a frozen teacher.
 
 Everything here is pure jnp on the model's output dict (see models/bert.py) and a batch
-dict (see data/). `model_inputs` decides what the model computes: with
-`mlm_positions_only` the vocabulary projection runs only at the masked positions, which is
-most of the cost of a BERT step.
+dict (see data/). `model_inputs` decides what the model computes for the masked LM:
+* `mlm_positions_only`: the vocabulary projection runs only at the masked positions (most of
+  the cost of a BERT step), and KD covers those positions only (the `fast` preset);
+* otherwise, with a teacher and `fused_chunk > 0`: the reference objective, KD over every
+  non-padding token, fused with the CE so no [B, L, V] logits exist (distill/fused_mlm.py);
+* otherwise full [B, L, V] logits (HF's BertForMaskedLM algorithm; naive all-token KD).
+`loss` is the one entry point the train step calls.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from prune_ofa_jax.distill import losses
+from prune_ofa_jax.distill import fused_mlm, losses
 
 MLM_TASKS = ("pretraining", "mlm")
 
 
-def model_inputs(task: str, batch: dict, mlm_positions_only: bool) -> dict:
+def fused(cfg) -> bool:
+    """The fused all-token MLM KD applies: MLM task, teacher, all positions, chunked."""
+    return (cfg.task in MLM_TASKS and cfg.kd_weight > 0 and not cfg.mlm_positions_only
+            and cfg.fused_chunk > 0)
+
+
+def model_inputs(cfg, batch: dict) -> dict:
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   token_type_ids=batch.get("token_type_ids"))
-    if task in MLM_TASKS and mlm_positions_only:
+    if cfg.task in MLM_TASKS and cfg.mlm_positions_only:
         kwargs["masked_positions"] = batch["masked_lm_positions"]
+    if fused(cfg):
+        kwargs["mlm_hidden"] = True
     return kwargs
+
+
+def loss(cfg, out: dict, t_out, batch: dict):
+    """(task_weight * task + kd_weight * KD, metrics) for the student outputs `out` and the
+    teacher's `t_out` (None without distillation)."""
+    if t_out is not None and fused(cfg):
+        total, terms = fused_mlm.mlm_kd(out, t_out, batch, task_weight=cfg.task_weight,
+                                        kd_weight=cfg.kd_weight, temperature=cfg.temperature,
+                                        chunk=cfg.fused_chunk)
+        if cfg.task == "pretraining":
+            terms["nsp_loss"] = losses.xent(out["nsp_logits"], batch["next_sentence_labels"])
+            terms["kd_nsp"] = losses.kd_kl(out["nsp_logits"], t_out["nsp_logits"],
+                                           cfg.temperature)
+            total = (total + cfg.task_weight * terms["nsp_loss"]
+                     + cfg.kd_weight * terms["kd_nsp"])
+        return total, terms
+    gathered = cfg.mlm_positions_only
+    task, terms = task_loss(cfg.task, cfg.num_labels, out, batch, gathered)
+    total = cfg.task_weight * task
+    if t_out is not None:
+        kd, kd_terms = kd_loss(cfg.task, cfg.num_labels, out, t_out, batch, cfg.temperature,
+                               gathered)
+        total, terms = total + cfg.kd_weight * kd, {**terms, **kd_terms}
+    return total, terms
 
 
 def mlm_logits_at_positions(out: dict, batch: dict, gathered: bool) -> jnp.ndarray:

@@ -39,6 +39,7 @@ class StepConfig:
     kd_weight: float = 0.0          # 0 disables distillation (and the teacher forward)
     temperature: float = 2.0
     mlm_positions_only: bool = True  # vocab projection only at masked positions
+    fused_chunk: int = 32           # all-token MLM KD: positions per chunk (0 = unfused)
     regrow: bool = False             # False: hard-zero params after every update
     qat: bool = False                # carry/update the "quant_stats" collection
 
@@ -46,7 +47,7 @@ class StepConfig:
 def forward(model, params, quant_stats, batch, cfg: StepConfig, *, train: bool, rng=None):
     """Student/teacher forward. Returns (outputs, new quant_stats)."""
     variables = {"params": params, **({"quant_stats": quant_stats} if cfg.qat else {})}
-    kwargs = objectives.model_inputs(cfg.task, batch, cfg.mlm_positions_only)
+    kwargs = objectives.model_inputs(cfg, batch)
     rngs = {"dropout": rng} if train else {}
     if cfg.qat and train:
         out, updated = model.apply(variables, **kwargs, deterministic=False, rngs=rngs,
@@ -66,13 +67,7 @@ def _loss_and_grads(params, masks, quant_stats, teacher_params, batch, rng, *, m
     def loss_fn(p):
         out, stats = forward(model, masks_lib.apply_masks(p, masks), quant_stats, batch, cfg,
                              train=True, rng=rng)
-        gathered = cfg.mlm_positions_only
-        task, terms = objectives.task_loss(cfg.task, cfg.num_labels, out, batch, gathered)
-        loss = cfg.task_weight * task
-        if t_out is not None:
-            kd, kd_terms = objectives.kd_loss(cfg.task, cfg.num_labels, out, t_out, batch,
-                                              cfg.temperature, gathered)
-            loss, terms = loss + cfg.kd_weight * kd, {**terms, **kd_terms}
+        loss, terms = objectives.loss(cfg, out, t_out, batch)
         return loss, ({"loss": loss, **terms}, stats)
 
     (_, (terms, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -137,11 +132,10 @@ def finetune_step(state, teacher_params, batch, **kw):
 
 
 def eval_step(params, masks, quant_stats, batch, *, model, cfg: StepConfig):
-    """Deterministic forward with masks applied; QAT ranges frozen. Returns the outputs."""
+    """Deterministic forward with masks applied; QAT ranges frozen. Returns the outputs
+    (MLM logits at the masked positions only: that is all the MLM eval reads)."""
+    cfg = dataclasses.replace(cfg, mlm_positions_only=True)
     out, _ = forward(model, masks_lib.apply_masks(params, masks), quant_stats, batch, cfg,
                      train=False)
-    if cfg.task in objectives.MLM_TASKS:
-        out = {**out, "mlm_logits": objectives.mlm_logits_at_positions(
-            out, batch, cfg.mlm_positions_only)}
     return {k: v for k, v in out.items()  # head outputs only: nothing large leaves the device
             if k not in ("hidden_states", "attentions", "last_hidden_state")}

@@ -26,14 +26,18 @@ def validate(c) -> None:
            f"{c.data.source!r} is not local or tfds")
     _check(c.num_labels >= 1, "num_labels", f"must be >= 1, got {c.num_labels}")
     _check(c.train.steps > 0, "train.steps", f"must be > 0, got {c.train.steps}")
+    _check(c.train.epochs >= 0, "train.epochs", f"must be >= 0 (0 = train.steps), got "
+           f"{c.train.epochs}")
     _check(c.train.batch_size > 0, "train.batch_size", f"must be > 0, got {c.train.batch_size}")
     _check(c.train.grad_accum >= 1 and c.train.batch_size % c.train.grad_accum == 0,
            "train.grad_accum", f"{c.train.grad_accum} must divide train.batch_size "
            f"{c.train.batch_size}")
     _check(c.train.log_every > 0, "train.log_every", "must be > 0")
     _check(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
-    _check(0 <= c.optim.warmup_steps < c.train.steps, "optim.warmup_steps",
-           f"{c.optim.warmup_steps} must be in [0, train.steps)")
+    _check(c.train.epochs > 0 or 0 <= c.optim.warmup_steps < c.train.steps,  # epochs: later
+           "optim.warmup_steps", f"{c.optim.warmup_steps} must be in [0, train.steps)")
+    _check(0 <= c.optim.warmup_fraction < 1, "optim.warmup_fraction",
+           f"{c.optim.warmup_fraction} must be in [0, 1)")
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _check(c.data.seq_len >= 8, "data.seq_len", f"must be >= 8, got {c.data.seq_len}")
     _check(0 < c.data.max_predictions <= c.data.seq_len, "data.max_predictions",
@@ -41,6 +45,8 @@ def validate(c) -> None:
     _check(c.distill.kd_weight >= 0 and c.distill.task_weight >= 0, "distill.kd_weight",
            "loss weights must be >= 0")
     _check(c.distill.temperature > 0, "distill.temperature", "must be > 0")
+    _check(c.distill.fused_chunk >= 0, "distill.fused_chunk",
+           f"positions per chunk must be >= 0 (0 = unfused), got {c.distill.fused_chunk}")
     _check(c.distill.kd_weight == 0 or bool(c.teacher.path), "teacher.path",
            "distillation (distill.kd_weight > 0) needs a teacher path")
     _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype",
