@@ -5,7 +5,8 @@ Nothing is lost on a crash: checkpoints on the `checkpoint.every` interval (asyn
 whole train state including the data position, so the same command resumes and reaches the
 same params as an uninterrupted run. SIGTERM (preemption) saves the current step and stops
 with `Preempted`. A non-finite loss stops the run naming the step; the last good checkpoint
-is kept (a bad state is never saved). The full log, library INFO included, is WORKDIR/log.txt.
+is kept (a bad state is never saved). Metrics are read one step late, so the host prepares
+the next batch while the device runs the current step. The full log is WORKDIR/log.txt.
 """
 
 from __future__ import annotations
@@ -159,35 +160,33 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
         state = restored[0]
         log.info("resumed from step %d (%s)", int(state.step), ckpt_dir)
     start, total = int(state.step), config.train.steps
+    position = int(state.data_position)  # a host copy: reading the state's would wait
     writer = MetricWriter(workdir)
     bar = _progress(total, start, config.train.progress)
+    checks = _LateCheck(writer, bar, config.train.log_every, total, manager, ckpt_dir)
     try:
         for step in range(start, total):
-            local = data.train.batch(int(state.data_position))
+            local = data.train.batch(position)
             batch = mesh_lib.global_batch(local, run_.mesh, accum=config.train.grad_accum)
-            state, metrics = run_.step_fn(state, run_.teacher_params, batch)
-            loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):  # before any save
-                raise NonFiniteLossError(
-                    f"loss {loss}, grad norm {gnorm} at step {step}; stopped. The last good "
-                    f"checkpoint (step {manager.latest_step()}) in {ckpt_dir} is kept.")
-            done = step + 1
-            if done % config.train.log_every == 0 or done == total:
-                m = jax.device_get(metrics)
-                writer.write(done, m)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", sparsity=f"{float(m['sparsity']):.3f}")
-            if config.train.eval_every and done % config.train.eval_every == 0:
-                _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
+            state, metrics = run_.step_fn(state, run_.teacher_params, batch)  # async
+            position, done = position + 1, step + 1
+            checks.push(done, metrics)  # checks the previous step's, ready by now
+            evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
             preempted = (manager.reached_preemption(done) if jax.process_count() > 1
                          else sigterm.is_set())
-            if ckpt_lib.should_save(done, config.checkpoint.every, total, preempted):
+            save_now = ckpt_lib.should_save(done, config.checkpoint.every, total, preempted)
+            if evaluate_now or save_now:
+                checks.flush()  # this state's own metrics, before it is used
+            if evaluate_now:
+                _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
+            if save_now:
                 ckpt_lib.save(manager, done, state, meta)
                 log.info("checkpoint: step %d -> %s", done, ckpt_dir)
             if bar is not None:
                 bar.update(1)
             if preempted:
                 raise Preempted(done, ckpt_dir)
+        checks.flush()
     finally:
         manager.wait_until_finished()
         if bar is not None:
@@ -196,6 +195,37 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start)
+
+
+class _LateCheck:
+    """The NaN/inf guard and the metric log, one step late: the host never waits for the
+    step it has just dispatched, so it builds and transfers the next batch while that step
+    runs. A state is saved or evaluated only after its own metrics were found finite."""
+
+    def __init__(self, writer: MetricWriter, bar, log_every: int, total: int, manager,
+                 ckpt_dir):
+        self.writer, self.bar, self.log_every, self.total = writer, bar, log_every, total
+        self.manager, self.ckpt_dir = manager, ckpt_dir
+        self.pending = None
+
+    def push(self, done: int, metrics: dict) -> None:
+        self.flush()
+        self.pending = (done, metrics)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        (done, metrics), self.pending = self.pending, None
+        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            raise NonFiniteLossError(
+                f"loss {loss}, grad norm {gnorm} at step {done - 1}; stopped. The last good "
+                f"checkpoint (step {self.manager.latest_step()}) in {self.ckpt_dir} is kept.")
+        if done % self.log_every == 0 or done == self.total:
+            m = jax.device_get(metrics)
+            self.writer.write(done, m)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{loss:.3f}", sparsity=f"{float(m['sparsity']):.3f}")
 
 
 def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
