@@ -44,21 +44,21 @@ def _naive(student, teacher, batch):
     return 0.5 * ce + 0.5 * kd, (ce, kd)
 
 
-def _fused(student, teacher, batch, chunk):
+def _fused(student, teacher, batch, chunk, shards=1):
     out = lambda m: {"mlm_hidden": m[0], "mlm_table": m[1], "mlm_bias": m[2]}  # noqa: E731
     loss, terms = fused_mlm.mlm_kd(out(student), out(teacher), batch, task_weight=0.5,
-                                   kd_weight=0.5, temperature=T, chunk=chunk)
+                                   kd_weight=0.5, temperature=T, chunk=chunk, shards=shards)
     return loss, (terms["mlm_loss"], terms["kd_mlm"])
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 64])
-def test_fused_loss_and_grads_equal_the_naive_formula(chunk):
+@pytest.mark.parametrize("chunk,shards", [(1, 1), (4, 1), (5, 3), (13, 1), (64, 3)])
+def test_fused_loss_and_grads_equal_the_naive_formula(chunk, shards):
     student, teacher, batch = _inputs()
     (want, want_terms), want_g = jax.value_and_grad(_naive, has_aux=True)(student, teacher,
                                                                          batch)
     fused = jax.jit(jax.value_and_grad(_fused, argnums=(0, 1), has_aux=True),
-                    static_argnums=3)
-    (got, got_terms), (got_g, teacher_g) = fused(student, teacher, batch, chunk)
+                    static_argnums=(3, 4))
+    (got, got_terms), (got_g, teacher_g) = fused(student, teacher, batch, chunk, shards)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(got_terms, want_terms, rtol=1e-6)
     for g, w in zip(got_g, want_g):  # d/d y_s, d/d table_s, d/d bias_s
@@ -111,3 +111,29 @@ def test_reference_step_never_holds_full_vocab_logits(tiny_ckpts):
     full = batch_size * seq * 30522
     assert biggest[0] >= full           # naive: [B, L, V] logits
     assert biggest[8] < full // 2, biggest  # fused: a chunk of 8 of the 32 positions at most
+
+
+def _while_bodies(hlo: str) -> dict:
+    """name -> text of every computation that is the body of a while loop."""
+    comps = {c.split(" ", 2)[0].lstrip("%"): c for c in re.split(r"\n(?=\S)", hlo)}
+    names = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+    return {n: comps[n] for n in names if n in comps}
+
+
+def test_data_parallel_fused_step_reduces_across_devices_once(tiny_ckpts):
+    """8-way data parallel: the chunk loop keeps its batch sums per device; nothing is
+    all-reduced inside it (a plain sum all-reduced the [V, H] table gradient per chunk)."""
+    c = train_helpers.recipe("prune_ofa_bert_base", "test", init=tiny_ckpts["bert"],
+                             teacher=tiny_ckpts["bert"])
+    c.distill.mlm_positions_only, c.distill.fused_chunk = False, 8
+    local = synthetic.batch(c.task, c.train.batch_size, c.data.seq_len, 30522,
+                            max_predictions=c.data.max_predictions, seed=0)
+    mesh = mesh_lib.make_mesh(8, 1, 1)
+    run = build.build(c, mesh=mesh)
+    assert run.step_cfg.batch_shards == 8
+    hlo = run.step_fn.lower(run.state, run.teacher_params,
+                            mesh_lib.global_batch(local, mesh)).compile().as_text()
+    bodies = _while_bodies(hlo)
+    assert bodies  # the chunk scan is a while loop
+    assert not [n for n, text in bodies.items() if " all-reduce" in text]
+    assert " all-reduce" in hlo  # the gradients are still reduced, once, outside

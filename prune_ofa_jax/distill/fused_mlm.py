@@ -65,19 +65,24 @@ def _chunk_terms(ys, yt, labels, ce_w, kd_w, table_s, bias_s, table_t, bias_t, t
     return ce, kl, (log_p1, lab, log_ps, pt)
 
 
-def _forward(temperature, chunk, with_grads, ce_coef, kd_coef, ys, table_s, bias_s, yt,
-             table_t, bias_t, labels, ce_w, kd_w):
+def _forward(temperature, chunk, shards, with_grads, ce_coef, kd_coef, ys, table_s, bias_s,
+             yt, table_t, bias_t, labels, ce_w, kd_w):
     length = -(-ys.shape[1] // chunk) * chunk
     xs = tuple(_chunks(_pad_positions(a, length), chunk)
                for a in (ys, yt, labels, ce_w.astype(jnp.float32), kd_w.astype(jnp.float32)))
     vocab, hidden = table_s.shape
+    # The sums over the batch are kept per batch shard ([shards, ...], the leading batch
+    # rows of each device) inside the scan and added up once after it: a plain sum is
+    # all-reduced across the data-parallel devices in every chunk (the table gradient is
+    # [V, H]; seen in the compiled HLO on 8 devices).
 
     def body(carry, x):
         ys_c, yt_c, lab_c, cew_c, kdw_c = x
         ce, kl, (log_p1, lab, log_ps, pt) = _chunk_terms(
             ys_c, yt_c, lab_c, cew_c, kdw_c, table_s, bias_s, table_t, bias_t, temperature)
         ce_sum, kd_sum, d_table, d_bias = carry
-        ce_sum, kd_sum = ce_sum + ce.sum(), kd_sum + kl.sum()
+        ce_sum = ce_sum + ce.reshape(shards, -1).sum(-1)
+        kd_sum = kd_sum + kl.reshape(shards, -1).sum(-1)
         if not with_grads:
             return (ce_sum, kd_sum, d_table, d_bias), None
         # d loss / d logits: softmax minus one-hot for CE, (p_s - p_t) / T for T^2-free KL.
@@ -85,43 +90,44 @@ def _forward(temperature, chunk, with_grads, ce_coef, kd_coef, ys, table_s, bias
                          - jax.nn.one_hot(lab, vocab, dtype=jnp.float32), 0.0)
         g_kd = jnp.where(kdw_c[..., None] > 0, (jnp.exp(log_ps) - pt) / temperature, 0.0)
         g = (ce_coef * cew_c)[..., None] * g_ce + (kd_coef * kdw_c)[..., None] * g_kd
-        g2 = g.reshape(-1, vocab)
+        g_k = g.reshape(shards, -1, vocab)                         # [shards, n, V]
+        y_k = ys_c.reshape(shards, -1, hidden)
         d_y = jnp.einsum("bcv,vh->bch", g.astype(ys_c.dtype), table_s.astype(ys_c.dtype),
                          preferred_element_type=jnp.float32).astype(ys_c.dtype)
-        d_table = d_table + jnp.einsum("nv,nh->vh", g2.astype(ys_c.dtype),
-                                       ys_c.reshape(-1, hidden),
+        d_table = d_table + jnp.einsum("knv,knh->kvh", g_k.astype(ys_c.dtype), y_k,
                                        preferred_element_type=jnp.float32)
-        d_bias = d_bias + jnp.ones((g2.shape[0],), jnp.float32) @ g2
+        d_bias = d_bias + jnp.einsum("n,knv->kv", jnp.ones((g_k.shape[1],), jnp.float32), g_k)
         return (ce_sum, kd_sum, d_table, d_bias), d_y
 
-    zero = jnp.zeros((), jnp.float32)
-    init = (zero, zero, jnp.zeros((vocab, hidden) if with_grads else (), jnp.float32),
-            jnp.zeros((vocab,) if with_grads else (), jnp.float32))
+    zero = jnp.zeros((shards,), jnp.float32)
+    init = (zero, zero, jnp.zeros((shards, vocab, hidden) if with_grads else (), jnp.float32),
+            jnp.zeros((shards, vocab) if with_grads else (), jnp.float32))
     (ce_sum, kd_sum, d_table, d_bias), d_y = jax.lax.scan(body, init, xs)
+    ce_sum, kd_sum = ce_sum.sum(), kd_sum.sum()
     loss = ce_coef * ce_sum + kd_coef * kd_sum
     if not with_grads:
         return loss, ce_sum, kd_sum
     d_y = _unchunk(d_y)[:, :ys.shape[1]]
-    return (loss, ce_sum, kd_sum), (d_y, d_table.astype(table_s.dtype),
-                                    d_bias.astype(bias_s.dtype))
+    return (loss, ce_sum, kd_sum), (d_y, d_table.sum(0).astype(table_s.dtype),
+                                    d_bias.sum(0).astype(bias_s.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _fused(temperature, chunk, ce_coef, kd_coef, ys, table_s, bias_s, yt, table_t, bias_t,
-           labels, ce_w, kd_w):
-    return _forward(temperature, chunk, False, ce_coef, kd_coef, ys, table_s, bias_s, yt,
-                    table_t, bias_t, labels, ce_w, kd_w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(temperature, chunk, shards, ce_coef, kd_coef, ys, table_s, bias_s, yt, table_t,
+           bias_t, labels, ce_w, kd_w):
+    return _forward(temperature, chunk, shards, False, ce_coef, kd_coef, ys, table_s, bias_s,
+                    yt, table_t, bias_t, labels, ce_w, kd_w)
 
 
-def _fused_fwd(temperature, chunk, *args):
-    out, grads = _forward(temperature, chunk, True, *args)
+def _fused_fwd(temperature, chunk, shards, *args):
+    out, grads = _forward(temperature, chunk, shards, True, *args)
     return out, (grads, args)
 
 
-def _fused_bwd(temperature, chunk, res, cotangents):
+def _fused_bwd(temperature, chunk, shards, res, cotangents):
     """The gradients were formed in the forward pass: scale them by the loss cotangent. The
     two sums leave `fused_mlm_kd` under stop_gradient, so their cotangents are zero."""
-    del temperature, chunk
+    del temperature, chunk, shards
     (d_y, d_table, d_bias), args = res
     ct = cotangents[0]
     out = [jnp.zeros(a.shape, jax.dtypes.float0) if not jnp.issubdtype(a.dtype, jnp.floating)
@@ -136,18 +142,22 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_mlm_kd(y_s: Array, table_s: Array, bias_s: Array, y_t: Array, table_t: Array,
                  bias_t: Array, labels: Array, ce_w: Array, kd_w: Array, *, ce_coef,
-                 kd_coef, temperature: float, chunk: int = 32):
+                 kd_coef, temperature: float, chunk: int = 32, shards: int = 1):
     """(loss, ce_sum, kd_sum): loss = ce_coef * ce_sum + kd_coef * kd_sum, with
     ce_sum = sum ce_w * CE(student, labels) and kd_sum = sum kd_w * KL(teacher || student at
     temperature T), over [B, L] positions. Differentiable in the student's y, table and bias
-    (the teacher gets no gradient; the two sums are for logging, without gradient)."""
+    (the teacher gets no gradient; the two sums are for logging, without gradient).
+    `shards`: how many devices the batch axis is split over (it must divide B); the batch
+    sums are then formed per device and reduced once, not once per chunk."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 position, got {chunk}")
+    if shards < 1 or y_s.shape[0] % shards:
+        raise ValueError(f"shards={shards} must divide the batch size {y_s.shape[0]}")
     chunk = min(chunk, y_s.shape[1])
     loss, ce_sum, kd_sum = _fused(
-        float(temperature), int(chunk), jnp.asarray(ce_coef, jnp.float32),
+        float(temperature), int(chunk), int(shards), jnp.asarray(ce_coef, jnp.float32),
         jnp.asarray(kd_coef, jnp.float32), y_s, table_s, bias_s,
         jax.lax.stop_gradient(y_t), jax.lax.stop_gradient(table_t),
         jax.lax.stop_gradient(bias_t), labels.astype(jnp.int32), ce_w, kd_w)
@@ -165,7 +175,7 @@ def dense_labels(positions: Array, ids: Array, weights: Array, length: int):
 
 
 def mlm_kd(student: dict, teacher: dict, batch: dict, *, task_weight: float, kd_weight: float,
-           temperature: float, chunk: int):
+           temperature: float, chunk: int, shards: int = 1):
     """The reference objective on the models' fused-mode outputs (see BertFamily's
     `mlm_hidden`): task_weight * CE (mean over masked tokens) + kd_weight * T^2 * KL (mean
     over non-padding tokens). Returns (loss, {"mlm_loss", "kd_mlm"})."""
@@ -178,5 +188,5 @@ def mlm_kd(student: dict, teacher: dict, batch: dict, *, task_weight: float, kd_
         student["mlm_hidden"], student["mlm_table"], student["mlm_bias"], teacher["mlm_hidden"],
         teacher["mlm_table"], teacher["mlm_bias"], labels, ce_w, kd_w,
         ce_coef=task_weight / ce_den, kd_coef=kd_weight * temperature**2 / kd_den,
-        temperature=temperature, chunk=chunk)
+        temperature=temperature, chunk=chunk, shards=shards)
     return loss, {"mlm_loss": ce_sum / ce_den, "kd_mlm": temperature**2 * kd_sum / kd_den}

@@ -134,13 +134,14 @@ def make_schedule(config):
                                     pattern=patterns.parse(sp.pattern))
 
 
-def step_config(config) -> steps.StepConfig:
+def step_config(config, mesh=None) -> steps.StepConfig:
     kd = config.distill
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     return steps.StepConfig(
         task=config.task, num_labels=config.num_labels, seed=config.seed,
         task_weight=kd.task_weight if kd.kd_weight > 0 else 1.0, kd_weight=kd.kd_weight,
         temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
-        fused_chunk=kd.fused_chunk,
+        fused_chunk=kd.fused_chunk, batch_shards=shards,
         regrow=config.sparsity.regrow, qat=config.quant.enabled)
 
 
@@ -168,7 +169,7 @@ def build(config, mesh=None) -> Run:
         if fresh:
             log.warning("freshly initialised (not in %s): %s", config.init.path, fresh)
 
-    step_cfg = step_config(config)
+    step_cfg = step_config(config, mesh)
     total = config.train.steps
     sp = config.sparsity
     rewind = ((sp.begin_step, sp.end_step, sp.update_every)

@@ -41,7 +41,7 @@ def loss(cfg, out: dict, t_out, batch: dict):
     if t_out is not None and fused(cfg):
         total, terms = fused_mlm.mlm_kd(out, t_out, batch, task_weight=cfg.task_weight,
                                         kd_weight=cfg.kd_weight, temperature=cfg.temperature,
-                                        chunk=cfg.fused_chunk)
+                                        chunk=cfg.fused_chunk, shards=cfg.batch_shards)
         if cfg.task == "pretraining":
             terms["nsp_loss"] = losses.xent(out["nsp_logits"], batch["next_sentence_labels"])
             terms["kd_nsp"] = losses.kd_kl(out["nsp_logits"], t_out["nsp_logits"],

@@ -40,6 +40,7 @@ class StepConfig:
     temperature: float = 2.0
     mlm_positions_only: bool = True  # vocab projection only at masked positions
     fused_chunk: int = 32           # all-token MLM KD: positions per chunk (0 = unfused)
+    batch_shards: int = 1           # devices the batch is split over (the mesh's data x fsdp)
     regrow: bool = False             # False: hard-zero params after every update
     qat: bool = False                # carry/update the "quant_stats" collection
 
