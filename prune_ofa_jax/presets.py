@@ -129,8 +129,5 @@ def resolve_steps(config, sources=None):
         c.train.steps = c.train.epochs * per_epoch
     if c.optim.warmup_fraction > 0 and c.optim.warmup_steps == 0:
         c.optim.warmup_steps = int(math.floor(c.optim.warmup_fraction * c.train.steps))
-    if not 0 <= c.optim.warmup_steps < c.train.steps:
-        raise validate.ConfigError(
-            f"config.optim.warmup_steps: {c.optim.warmup_steps} must be in "
-            f"[0, train.steps={c.train.steps})")
+    validate.check_warmup(c)
     return c

@@ -24,12 +24,7 @@ def _recipe(name, arg, preset=None, **over):
     c = train_helpers.recipe(name, arg, resolve=False)
     if preset is not None:
         c.preset = preset
-    for key, value in over.items():
-        *head, last = key.split(".")
-        node = c
-        for h in head:
-            node = node[h]
-        node[last] = value
+    c.update_from_flattened_dict(over)  # {"data.seq_len": 128, ...}
     return presets.resolve(c)
 
 

@@ -28,12 +28,7 @@ def _pruning_config(init_dir, **over):
     c = train_helpers.recipe("prune_ofa_bert_base", "test", init=init_dir, teacher=init_dir)
     c.train.steps, c.train.log_every, c.checkpoint.every = 8, 1, 4
     c.sparsity.end_step, c.sparsity.update_every, c.sparsity.freeze_step = 4, 2, 6
-    for k, v in over.items():
-        node = c
-        *head, last = k.split(".")
-        for h in head:
-            node = node[h]
-        node[last] = v
+    c.update_from_flattened_dict(over)  # {"sparsity.regrow": True, ...}
     return c
 
 

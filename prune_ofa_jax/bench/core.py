@@ -3,7 +3,6 @@ the medians into the figures (ratios with their targets), a JSON file and a tabl
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 import statistics
@@ -177,7 +176,7 @@ def _write(result: dict, out_dir: str, log) -> dict:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(
-        jsonio.dumps(result, indent=2, default=_json_default) + "\n")
+        jsonio.dumps(result, indent=2, default=str) + "\n")  # jsonio: NaN/inf -> null
     log(table(result))
     log(f"wrote {out / 'bench.json'} ({result['wall_s']['total']:.0f} s)")
     return result
@@ -192,12 +191,6 @@ def busy_warnings(info: dict) -> list[str]:
             "PyTorch step (OpenMP threads wait for descheduled peers) slows down far more than "
             "the XLA step under contention, so the HF figures overstate our speed-up; rerun "
             "on an idle machine for them"]
-
-
-def _json_default(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return str(x)
 
 
 def table(result: dict) -> str:

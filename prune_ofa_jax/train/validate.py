@@ -19,6 +19,11 @@ def _check(cond: bool, key: str, msg: str):
         raise ConfigError(f"config.{key}: {msg}")
 
 
+def check_warmup(c) -> None:
+    _check(0 <= c.optim.warmup_steps < c.train.steps, "optim.warmup_steps",
+           f"{c.optim.warmup_steps} must be in [0, train.steps={c.train.steps})")
+
+
 def validate(c) -> None:
     _check(c.task in TASKS, "task", f"{c.task!r} is not one of {TASKS}")
     _check(c.data.kind in DATA_KINDS, "data.kind", f"{c.data.kind!r} is not one of {DATA_KINDS}")
@@ -34,8 +39,8 @@ def validate(c) -> None:
            f"{c.train.batch_size}")
     _check(c.train.log_every > 0, "train.log_every", "must be > 0")
     _check(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
-    _check(c.train.epochs > 0 or 0 <= c.optim.warmup_steps < c.train.steps,  # epochs: later
-           "optim.warmup_steps", f"{c.optim.warmup_steps} must be in [0, train.steps)")
+    if c.train.epochs == 0:  # with epochs, presets.resolve_steps checks once steps are known
+        check_warmup(c)
     _check(0 <= c.optim.warmup_fraction < 1, "optim.warmup_fraction",
            f"{c.optim.warmup_fraction} must be in [0, 1)")
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
