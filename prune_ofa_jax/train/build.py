@@ -24,6 +24,7 @@ from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.quant import qat as qat_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity import patterns, schedules
+from prune_ofa_jax.train import aux as aux_lib
 from prune_ofa_jax.train import optim, steps
 from prune_ofa_jax.train.state import TrainState
 
@@ -134,6 +135,14 @@ def make_schedule(config):
                                     pattern=patterns.parse(sp.pattern))
 
 
+def aux_parts(config, params, param_shardings, lr_fn) -> dict:
+    """The run's trainable extras beside the model (train/aux.py), name -> aux.Part: each
+    feature that trains something of its own (learned-mask scores, MI critics) adds its part
+    here. A plain run has none."""
+    del config, params, param_shardings, lr_fn
+    return {}
+
+
 def step_config(config, mesh=None) -> steps.StepConfig:
     kd = config.distill
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
@@ -183,15 +192,19 @@ def build(config, mesh=None) -> Run:
     specs = bert.logical_specs(model)
     p_shard = mesh_lib.param_shardings(params, specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, params)
+    aux, aux_tx, aux_shard = aux_lib.combine(aux_parts(config, params, p_shard, lr_fn), mesh)
     state_shardings = TrainState(
         step=mesh_lib.replicated(mesh, 0), params=p_shard,
         opt_state=mesh_lib.opt_state_shardings(tx, abstract_opt, p_shard, mesh),
         masks=masks_lib.mask_like(p_shard, masks),  # masks shard like their params
         quant_stats=mesh_lib.replicated(mesh, quant_stats),
-        data_position=mesh_lib.replicated(mesh, 0))
+        data_position=mesh_lib.replicated(mesh, 0), aux=aux_shard,
+        aux_opt_state=mesh_lib.opt_state_shardings(
+            aux_tx, jax.eval_shape(aux_tx.init, aux), aux_shard, mesh) if aux else {})
     # Build the state inside jit so every leaf lands in its own buffer with its sharding.
-    state = jax.jit(lambda p, m, q: TrainState.create(p, tx, m, q),
-                    out_shardings=state_shardings)(*jax.device_get((params, masks, quant_stats)))
+    state = jax.jit(lambda p, m, q, a: TrainState.create(p, tx, m, q, a, aux_tx),
+                    out_shardings=state_shardings)(
+        *jax.device_get((params, masks, quant_stats, aux)))
 
     teacher = teacher_params = None
     if config.distill.kd_weight > 0:
@@ -199,7 +212,7 @@ def build(config, mesh=None) -> Run:
 
     step_impl = steps.pretrain_step if sp.enabled else steps.finetune_step
     step_fn = functools.partial(step_impl, model=model, teacher=teacher, tx=tx, cfg=step_cfg,
-                                lr_fn=lr_fn, schedule=schedule, prune_fn=prune_fn)
+                                lr_fn=lr_fn, schedule=schedule, prune_fn=prune_fn, aux_tx=aux_tx)
     batch_shard = mesh_lib.batch_sharding(mesh)
     t_shard = None if teacher_params is None else jax.tree.map(lambda x: x.sharding,
                                                                teacher_params)

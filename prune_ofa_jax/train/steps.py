@@ -12,6 +12,8 @@ shardings (train/loop.py). One Prune OFA step:
   5. grads masked; AdamW update; params masked again unless `regrow` (Intel reference: dense
      latent weights, masks only in the forward, a later mask update may revive weights);
   6. metrics: each loss term, global sparsity, learning rate, grad norm.
+Trainable extras beside the model (`state.aux`: learned-mask scores, MI critics; train/aux.py)
+are differentiated in the same loss and updated by their own `aux_tx`.
 `pretrain_step` and `finetune_step` are this step with a pruning schedule or a locked pattern.
 """
 
@@ -57,27 +59,28 @@ def forward(model, params, quant_stats, batch, cfg: StepConfig, *, train: bool, 
     return model.apply(variables, **kwargs, deterministic=not train, rngs=rngs), quant_stats
 
 
-def _loss_and_grads(params, masks, quant_stats, teacher_params, batch, rng, *, model, teacher,
-                    cfg: StepConfig):
+def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng, *, model,
+                    teacher, cfg: StepConfig):
     t_out = None
     if cfg.kd_weight > 0:
         t_out, _ = forward(teacher, teacher_params, None, batch,
                            dataclasses.replace(cfg, qat=False), train=False)
         t_out = jax.lax.stop_gradient(t_out)
 
-    def loss_fn(p):
+    def loss_fn(p, a):  # a: the state's trainable extras (train/aux.py), {} if none
         out, stats = forward(model, masks_lib.apply_masks(p, masks), quant_stats, batch, cfg,
                              train=True, rng=rng)
         loss, terms = objectives.loss(cfg, out, t_out, batch)
         return loss, ({"loss": loss, **terms}, stats)
 
-    (_, (terms, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (_, (terms, stats)), grads = jax.value_and_grad(loss_fn, argnums=(0, 1),
+                                                    has_aux=True)(params, aux)
     return grads, terms, stats
 
 
 def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, teacher, tx,
                cfg: StepConfig, lr_fn: Callable, schedule=None,
-               prune_fn: Optional[Callable] = None):
+               prune_fn: Optional[Callable] = None, aux_tx=None):
     """One optimizer step over `batch` ([accum, micro_batch, ...]); pure."""
     rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
     masks = state.masks
@@ -90,15 +93,20 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
         grads_sum, stats = carry
         micro_batch, k = xs
         grads, terms, stats = _loss_and_grads(
-            state.params, masks, stats, teacher_params, micro_batch, jax.random.fold_in(rng, k),
-            model=model, teacher=teacher, cfg=cfg)
+            state.params, state.aux, masks, stats, teacher_params, micro_batch,
+            jax.random.fold_in(rng, k), model=model, teacher=teacher, cfg=cfg)
         return (jax.tree.map(jnp.add, grads_sum, grads), stats), terms
 
     accum = jax.tree.leaves(batch)[0].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, quant_stats), terms = jax.lax.scan(
+    zeros = jax.tree.map(jnp.zeros_like, (state.params, state.aux))
+    ((grads, aux_grads), quant_stats), terms = jax.lax.scan(
         micro, (zeros, state.quant_stats), (batch, jnp.arange(accum)))
     grads = masks_lib.apply_masks(jax.tree.map(lambda g: g / accum, grads), masks)
+    aux, aux_opt_state = state.aux, state.aux_opt_state
+    if state.aux:  # static: the pytree structure, never a traced value
+        aux_updates, aux_opt_state = aux_tx.update(
+            jax.tree.map(lambda g: g / accum, aux_grads), aux_opt_state, aux)
+        aux = optax.apply_updates(aux, aux_updates)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -110,7 +118,8 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
                    sparsity=_global_sparsity(masks))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               masks=masks, quant_stats=quant_stats,
-                              data_position=state.data_position + 1)
+                              data_position=state.data_position + 1, aux=aux,
+                              aux_opt_state=aux_opt_state)
     return new_state, metrics
 
 
