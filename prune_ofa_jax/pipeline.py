@@ -25,7 +25,9 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def _common(c, p, steps: int):
+def small_run(c, p, steps: int):
+    """The settings every small-scale stage shares (the demo's and the studies'): p's
+    preset, seed, data, tokenizer, sequence length and batch; 10 % warmup; two checkpoints."""
     c.preset = p.preset  # "": config_base's defaults, not the paper's (see configs/demo.py)
     c.seed = p.seed
     c.data.root = p.data_root
@@ -56,7 +58,7 @@ def stage_configs(p, root: pathlib.Path) -> dict:
     teacher.init.init_missing_heads = True
     teacher.data.text_files = tuple(p.text_files)
     teacher.optim.lr = p.teacher_lr
-    _common(teacher, p, p.teacher_steps)
+    small_run(teacher, p, p.teacher_steps)
 
     prune = recipes.upstream("bert-base-uncased", p.target)
     prune.init.path = prune.teacher.path = str(d["1_teacher"] / "model")
@@ -65,7 +67,7 @@ def stage_configs(p, root: pathlib.Path) -> dict:
     prune.sparsity.update_every = p.update_every
     prune.sparsity.freeze_step = int(p.prune_steps * 0.8)
     prune.optim.lr = p.prune_lr
-    _common(prune, p, p.prune_steps)
+    small_run(prune, p, p.prune_steps)
 
     def finetune(init: str, lock: bool):
         c = recipes.finetune("glue", p.glue_task)
@@ -73,14 +75,14 @@ def stage_configs(p, root: pathlib.Path) -> dict:
         c.sparsity.lock_pattern = lock
         c.data.train_subset = p.train_subset
         c.optim.lr = p.finetune_lr
-        return _common(c, p, p.finetune_steps)
+        return small_run(c, p, p.finetune_steps)
 
     qat = recipes.qat("glue", p.glue_task)
     qat.init.path = str(d["3_finetune_sparse"] / "model")
     qat.data.train_subset = p.train_subset
     qat.optim.lr = p.qat_lr
     qat.quant.ema_decay = p.qat_ema_decay
-    _common(qat, p, p.qat_steps)
+    small_run(qat, p, p.qat_steps)
     return {"1_teacher": (teacher, d["1_teacher"]), "2_prune": (prune, d["2_prune"]),
             "3_finetune_sparse": (finetune(str(d["2_prune"] / "model"), True),
                                   d["3_finetune_sparse"]),
