@@ -56,6 +56,31 @@ def test_kd_suite_runs_only_the_reference_kd_figures(tmp_path):
     assert data["figures"]["reference_kd_peak_memory_ratio"]["value"] > 0
 
 
+def test_presets_suite_times_each_reference_choice_alone(tmp_path):
+    bc = _tiny_config(extras=False)
+    bc.suite = "presets"
+    core.run(bc, str(tmp_path), log=lambda *_: None)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["steps"]) == set(variants.PRESETS_SUITE)  # no torch, no other variant
+    for key in ("preset_all_token_kd_cost", "preset_regrow_cost",
+                "preset_reference_vs_fast_step", "preset_seq512_cost_per_token",
+                "preset_requant_cost"):
+        _assert_ratio(key, data["figures"][key])
+        assert data["figures"][key]["denominator"] in variants.PRESETS_SUITE
+    # Each variant differs from fast's step in its own switch only.
+    base = variants.base_config(bc.model, bc.overrides, bc.dtype, bc.batch_size, bc.seq_len,
+                                bc.max_predictions, bc.sparsity_target, bc.seed)
+    cfg = {k: variants.variant_config(base, k, "t") for k in variants.PRESETS_SUITE}
+    assert cfg["prune_ofa_regrow"].sparsity.regrow and not cfg["prune_ofa"].sparsity.regrow
+    ref = cfg["reference_step"]
+    assert ref.sparsity.regrow and not ref.distill.mlm_positions_only
+    assert ref.distill.fused_chunk > 0
+    assert cfg["qat"].quant.requantize_output and not cfg["qat_no_requant"].quant.requantize_output
+    long, short = cfg["dense_long"], cfg["dense"]
+    assert (long.train.batch_size * 4, long.data.seq_len) == (short.train.batch_size,
+                                                             short.data.seq_len * 4)
+
+
 def test_figures_from_fake_times_cover_every_variant():
     names = list(core.ORDER)
     times = {n: [1.0 + 0.1 * i, 1.1 + 0.1 * i, 0.9 + 0.1 * i] for i, n in enumerate(names)}

@@ -18,15 +18,17 @@ from prune_ofa_jax.train import synthetic
 
 # Timing order: the two sides of each figure sit next to (or near) each other.
 ORDER = ("torch_full", "mlm_full_vocab", "mlm_gathered", "torch_gathered", "reference_kd",
-         "dense_full_vocab", "prune_ofa_full_vocab", "qat", "dense", "prune_ofa", "masks_only",
-         "mask_update")
+         "dense_full_vocab", "prune_ofa_full_vocab", "reference_step", "qat", "qat_no_requant",
+         "dense", "dense_long", "prune_ofa", "prune_ofa_regrow", "masks_only", "mask_update")
 
 # Every figure key of bench.json (the smoke test checks them all).
 FIGURES = ("reference_kd_vs_dense_all_positions", "reference_kd_peak_memory_ratio",
            "reference_kd_vs_naive", "prune_ofa_vs_dense", "prune_ofa_full_vocab_vs_dense",
            "prune_ofa_full_vocab_vs_dense_full_vocab", "teacher_kd_cost", "mask_overhead",
            "qat_overhead", "ours_vs_hf_torch", "ours_vs_hf_torch_gathered",
-           "ours_gathered_vs_hf_torch_stock", "mask_update_step", "accelerator")
+           "ours_gathered_vs_hf_torch_stock", "mask_update_step", "accelerator",
+           "preset_all_token_kd_cost", "preset_regrow_cost", "preset_reference_vs_fast_step",
+           "preset_seq512_cost_per_token", "preset_requant_cost")
 
 
 def _figure(times, cpu, num, den, target=None, direction="<=", invert=False, note=""):
@@ -82,6 +84,7 @@ def figures(times: dict, cpu: dict, flop_ratio: float, update_every: int) -> dic
             note=f"a step that recomputes the masks; amortised over update_every="
                  f"{update_every}"),
     }
+    f.update(preset_figures(fig))
     upd = f["mask_update_step"]
     if "ratio" in upd:
         upd["amortised_overhead_pct"] = 100 * (upd["ratio"] - 1) / update_every
@@ -89,6 +92,28 @@ def figures(times: dict, cpu: dict, flop_ratio: float, update_every: int) -> dic
         if "ratio" in f[key]:
             f[key]["overhead_pct"] = 100 * (f[key]["ratio"] - 1)
     return f
+
+
+def preset_figures(fig) -> dict:
+    """--config.suite=presets: what each choice of the reference preset costs per step, next
+    to the fast preset's step (masked-position KD, hard zero), in one run."""
+    return {
+        "preset_all_token_kd_cost": fig(
+            "reference_kd", "prune_ofa",
+            note="distill.mlm_positions_only=False (fused KD on every token) vs True"),
+        "preset_regrow_cost": fig(
+            "prune_ofa_regrow", "prune_ofa",
+            note="sparsity.regrow=True (dense latent weights, masks in the forward) vs hard zero"),
+        "preset_reference_vs_fast_step": fig(
+            "reference_step", "prune_ofa",
+            note="the reference preset's upstream step (both choices above) vs fast's"),
+        "preset_seq512_cost_per_token": fig(
+            "dense_long", "dense",
+            note="rows 4x longer (512 vs 128 at the default shape), 4x fewer: same tokens"),
+        "preset_requant_cost": fig(
+            "qat", "qat_no_requant",
+            note="quant.requantize_output=True (after the bias, with exclusions) vs off"),
+    }
 
 
 def memory_figure(steps: dict, num: str, den: str, target: float) -> dict:
@@ -109,8 +134,10 @@ def _step_records(steps, torch_steps, times, cpu, mcfg, bc) -> dict:
         if name in steps:
             k, s = variants.KINDS[name], steps[name]
             task = s.run.config.task
-            fl = flops.train_step_flops(mcfg, bc.batch_size, bc.seq_len, bc.max_predictions,
-                                        task, k.gathered, k.teacher)["total"]
+            rows, length, preds = variants.shape(name, bc.batch_size, bc.seq_len,
+                                                 bc.max_predictions)
+            fl = flops.train_step_flops(mcfg, rows, length, preds, task, k.gathered,
+                                        k.teacher)["total"]
             rec.update(compile_s=s.compile_s, last_loss=s.last_loss(), flops=fl,
                        gflops_per_s=fl / rec["median_s"] / 1e9, task=task)
         else:
@@ -134,16 +161,24 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
     base.distill.fused_chunk = bc.fused_chunk
     mcfg = variants.model_config_of(base)
     log(f"model {bc.model}: {mcfg}")
+    names = variants.kinds(bc.extras, bc.suite)
     local = synthetic.batch("pretraining", bc.batch_size, bc.seq_len, mcfg.vocab_size,
                             max_predictions=bc.max_predictions, seed=bc.seed, pad_fraction=0.5)
+    long = None
+    if any(variants.KINDS[n].long for n in names):
+        rows, length, preds = variants.shape("dense_long", bc.batch_size, bc.seq_len,
+                                             bc.max_predictions)
+        long = synthetic.batch("pretraining", rows, length, mcfg.vocab_size,
+                               max_predictions=preds, seed=bc.seed, pad_fraction=0.5)
     # The CPU figures run on a CPU device even where the default backend is a GPU or TPU.
     mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices("cpu")[:1])
     deadline = t_start + bc.time_budget_s
     with tempfile.TemporaryDirectory() as tmp:
         teacher = variants.save_teacher(base, pathlib.Path(tmp))
-        steps = variants.build_steps(base, variants.kinds(bc.extras, bc.suite), teacher,
-                                     local, mesh, bc.compile_threads, bc.fast_compile, log)
-        torch_steps, torch_info = ({}, {"skipped": "suite kd"}) if bc.suite == "kd" else (
+        steps = variants.build_steps(base, names, teacher, local, mesh, bc.compile_threads,
+                                     bc.fast_compile, log, long_batch=long)
+        only = bc.suite != "all"  # kd / presets: our steps only, no PyTorch or accelerator
+        torch_steps, torch_info = ({}, {"skipped": f"suite {bc.suite}"}) if only else (
             torch_hf.make_steps(mcfg, local, base.optim, bc.torch_threads, bc.extras, bc.seed))
         t_timing = time.perf_counter()
         fns = {**steps, **torch_steps}
@@ -151,7 +186,7 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
         times, cpu = timing.interleave(fns, bc.steps, bc.warmup, bc.pause_s,
                                        min(3, bc.steps), deadline, log)
         timing_s = time.perf_counter() - t_timing
-        accel_fig = ({"skipped": "suite kd"} if bc.suite == "kd"
+        accel_fig = ({"skipped": f"suite {bc.suite}"} if only
                      else accel.run(bc, pathlib.Path(tmp), log))
     fl = {k: flops.train_step_flops(mcfg, bc.batch_size, bc.seq_len, bc.max_predictions,
                                     base.task, True, k == "prune")["total"]

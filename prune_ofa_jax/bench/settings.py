@@ -17,7 +17,8 @@ ALIASES = {
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.suite = "all"               # all | kd (the reference all-token KD figures only)
+    c.suite = "all"               # all | kd (the reference all-token KD figures only) |
+    #                               presets (the cost of each reference-preset choice)
     c.model = "bert-small"        # an alias above or a models.config name (minilm-l6, ...)
     c.overrides = ""              # extra ModelConfig fields: "num_layers=2,vocab_size=1000"
     c.dtype = "float32"           # compute dtype of the CPU figures

@@ -33,6 +33,10 @@ class Kind:
     update_every_step: bool = False
     fused: bool = False            # all-token KD fused (distill.fused_chunk > 0) vs naive
     extra: bool = False            # only with config.extras
+    regrow: bool = False           # sparsity.regrow (preset reference) vs hard zero (fast)
+    requant: bool = True           # QAT: quant.requantize_output (both presets: on)
+    long: bool = False             # rows 4x longer, 4x fewer (same tokens): seq 512 vs 128
+    presets_only: bool = False     # only in --config.suite=presets
 
 
 KINDS = {
@@ -46,16 +50,41 @@ KINDS = {
     "dense_full_vocab": Kind(gathered=False),
     "mlm_gathered": Kind(mlm=True, extra=True),
     "mask_update": Kind(masks=True, update_every_step=True, extra=True),
+    # --config.suite=presets: the cost of each choice the reference preset makes.
+    "prune_ofa_regrow": Kind(masks=True, teacher=True, regrow=True, presets_only=True),
+    "reference_step": Kind(masks=True, teacher=True, gathered=False, fused=True, regrow=True,
+                           presets_only=True),
+    "qat_no_requant": Kind(qat=True, requant=False, presets_only=True),
+    "dense_long": Kind(long=True, presets_only=True),
 }
 
 # --config.suite=kd: the reference-mode KD figures (and the masked-positions step).
 KD_SUITE = ("dense_full_vocab", "reference_kd", "dense", "prune_ofa")
+# --config.suite=presets: fast's step, each reference choice alone, and all of them.
+PRESETS_SUITE = ("dense", "dense_long", "prune_ofa", "prune_ofa_regrow", "reference_kd",
+                 "reference_step", "qat", "qat_no_requant")
+SUITES = ("all", "kd", "presets")
 
 
 def kinds(extras: bool, suite: str = "all") -> list[str]:
+    if suite not in SUITES:
+        raise ValueError(f"config.suite: {suite!r} is not one of {SUITES}")
     if suite == "kd":
         return list(KD_SUITE)
-    return [k for k, v in KINDS.items() if extras or not v.extra]
+    if suite == "presets":
+        return list(PRESETS_SUITE)
+    return [k for k, v in KINDS.items() if (extras or not v.extra) and not v.presets_only]
+
+
+def shape(kind: str, batch_size: int, seq_len: int, predictions: int) -> tuple[int, int, int]:
+    """(rows, tokens per row, masked positions per row) of a variant's batch: a `long`
+    variant has 4x longer rows and 4x fewer of them, so every variant sees the same tokens."""
+    if KINDS[kind].long:
+        if batch_size % 4:
+            raise ValueError(f"config.batch_size={batch_size}: the long-row variant needs a "
+                             "multiple of 4")
+        return batch_size // 4, seq_len * 4, predictions * 4
+    return batch_size, seq_len, predictions
 
 
 def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len: int,
@@ -88,6 +117,10 @@ def variant_config(base: ml_collections.ConfigDict, kind: str,
     c.distill.mlm_positions_only = k.gathered
     c.distill.fused_chunk = base.distill.fused_chunk if k.fused else 0
     c.quant.enabled = k.qat
+    c.quant.requantize_output = k.requant
+    c.sparsity.regrow = k.regrow
+    c.train.batch_size, c.data.seq_len, c.data.max_predictions = shape(
+        kind, base.train.batch_size, base.data.seq_len, base.data.max_predictions)
     if k.mlm:
         c.task, c.data.nsp = "mlm", False
     return c
@@ -144,16 +177,19 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def build_steps(base: ml_collections.ConfigDict, names: list[str], teacher_path: str,
                 local_batch: dict, mesh, threads: int = 2, fast: bool = False,
-                log=print) -> dict[str, JaxStep]:
+                log=print, long_batch: Optional[dict] = None) -> dict[str, JaxStep]:
     """Builds, lowers and compiles every variant, `threads` at a time (XLA compiles, about
-    half of it, release the GIL). Returns them in the order of `names`."""
-    batch = mesh_lib.global_batch(local_batch, mesh, accum=1)
+    half of it, release the GIL). `long_batch`: the `long` variants' rows. Returns them in
+    the order of `names`."""
+    batches = {False: mesh_lib.global_batch(local_batch, mesh, accum=1)}
+    if long_batch is not None:
+        batches[True] = mesh_lib.global_batch(long_batch, mesh, accum=1)
     options = FAST_COMPILE if fast else None
 
     def make(name: str) -> JaxStep:
         t0 = time.perf_counter()
         run = build_lib.build(variant_config(base, name, teacher_path), mesh)
-        step = JaxStep(name, run, batch)
+        step = JaxStep(name, run, batches[KINDS[name].long])
         t_build = time.perf_counter() - t0
         step.compile(options)
         log(f"  built {name} in {t_build:.1f} s, compiled in {step.compile_s:.1f} s")
