@@ -61,7 +61,7 @@ def summarise(p, reports: dict) -> dict:
         rows.append(out)
     return {"rows": rows, "seeds": seeds, "target": p.target,
             "teacher_wall_s": reports["teacher"]["wall_time_s"],
-            "settings": {"upstream_steps": p.upstream_steps, "finetune_steps": p.finetune_steps,
+            "settings": {"upstream_steps": p.upstream_steps,
                          "upstream_seq_len": p.upstream_seq_len, "batch_size": p.batch_size,
                          "teacher_steps": p.teacher_steps,
                          "tasks": {k: dict(v) for k, v in p.tasks.items()}}}
