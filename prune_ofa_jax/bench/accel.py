@@ -1,6 +1,7 @@
-"""Accelerator section: samples/s and MFU of the Prune OFA pretrain step (bf16 BERT-Base,
-seq 128) counting the frozen teacher's forward, next to the dense step. Runs only when
-the default backend is a GPU or TPU."""
+"""Accelerator section: samples/s and MFU of the Prune OFA pretrain steps (bf16 BERT-Base,
+seq 128) counting the frozen teacher's forward, next to the dense step: the fast preset's
+(KD at the masked positions) and the reference preset's (KD on every token, fused, dense
+latent weights). Runs only when the default backend is a GPU or TPU."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import synthetic
 
 SKIPPED = {"skipped": "no accelerator"}
+# dense; fast preset's Prune OFA step; reference preset's (MFU counts its all-position logits)
+STEPS = ("dense", "prune_ofa", "reference_step")
 
 
 def available() -> bool:
@@ -34,18 +37,20 @@ def run(bc, tmp: pathlib.Path, log=print) -> dict:
     local = synthetic.batch("pretraining", global_batch // jax.process_count(), a.seq_len,
                             mcfg.vocab_size, max_predictions=a.max_predictions,
                             seed=bc.seed + jax.process_index(), pad_fraction=0.5)
-    steps = variants.build_steps(base, ["dense", "prune_ofa"], teacher, local, mesh,
+    steps = variants.build_steps(base, list(STEPS), teacher, local, mesh,
                                  threads=2, fast=bc.fast_compile, log=log)
     times, cpu = timing.interleave(steps, a.steps, a.warmup, 0.0, log=log)
     kind = jax.devices()[0].device_kind
     peak = a.peak_flops or flops.peak_flops(kind)
     out = {"device_kind": kind, "devices": n, "model": a.model, "dtype": a.dtype,
            "global_batch": global_batch, "seq_len": a.seq_len, "peak_flops_per_device": peak,
-           "prune_ofa_vs_dense": timing.ratio(times, "prune_ofa", "dense", cpu)}
-    for name, teacher_on in (("prune_ofa", True), ("dense", False)):
+           "prune_ofa_vs_dense": timing.ratio(times, "prune_ofa", "dense", cpu),
+           "reference_step_vs_dense": timing.ratio(times, "reference_step", "dense", cpu)}
+    for name in STEPS:
+        k = variants.KINDS[name]
         step_s = statistics.median(times[name])
         f = flops.train_step_flops(mcfg, global_batch, a.seq_len, a.max_predictions, base.task,
-                                   True, teacher_on)
+                                   k.gathered, k.teacher)
         out[name] = {**timing.summary(times[name]), "samples_per_s": global_batch / step_s,
                      "flops_per_step": f, "tflops_per_s_per_device": f["total"] / step_s / n / 1e12,
                      "mfu": None if peak is None else flops.mfu(f["total"], step_s, peak, n)}

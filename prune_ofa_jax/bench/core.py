@@ -236,9 +236,12 @@ def table(result: dict) -> str:
             if "skipped" in fig:
                 rows.append((key, "skipped: no accelerator", "", "", ""))
             else:
-                p = fig["prune_ofa"]
-                rows.append((key + " MFU", f"{p['mfu'] or float('nan'):.3f}", ">= 0.45",
-                             str(fig["met"]), f"{p['samples_per_s']:.0f} samples/s"))
+                for name in accel.STEPS:
+                    p = fig[name]
+                    met = str(fig["met"]) if name == "prune_ofa" else "-"
+                    rows.append((f"{key} MFU {name}", f"{p['mfu'] or float('nan'):.3f}",
+                                 ">= 0.45" if name == "prune_ofa" else "-", met,
+                                 f"{p['samples_per_s']:.0f} samples/s"))
             continue
         if "skipped" in fig:
             rows.append((key, fig["skipped"], "", "", ""))
