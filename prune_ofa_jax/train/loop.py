@@ -143,7 +143,7 @@ def run(config, workdir) -> dict:
 
 def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     mesh_lib.maybe_initialize_distributed()
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -194,7 +194,8 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     final_eval = evaluate_lib.evaluate(run_, state, data)
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
-    return _finish(run_, state, workdir, final_eval, time.time() - t_start)
+    return _finish(run_, state, workdir, final_eval, time.time() - t_start,
+                   time.process_time() - cpu_start)
 
 
 class _LateCheck:
@@ -234,7 +235,7 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
              ", ".join(f"{k}={float(v):.4f}" for k, v in metrics.items() if np.ndim(v) == 0))
 
 
-def _finish(run_, state, workdir, final_eval, wall) -> dict:
+def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
@@ -242,6 +243,7 @@ def _finish(run_, state, workdir, final_eval, wall) -> dict:
     stats = masks_lib.sparsity_report(params, state.masks)
     report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
+                           "cpu_time_s": round(cpu, 2),  # this process, all threads
                            "eval": {k: float(v) for k, v in final_eval.items()},
                            "sparsity": stats, "model_dir": str(workdir / "model")})
     if jax.process_index() == 0:
