@@ -59,7 +59,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
     p.tasks = ml_collections.ConfigDict({  # steps: the fine-tune's (task_gmp: + upstream's)
         "sst2": dict(kind="glue", seq_len=48, steps=200, train_subset=4000, eval_subset=0,
                      lr=1e-4),
-        "mrpc": dict(kind="glue", seq_len=64, steps=250, train_subset=0, eval_subset=0,
+        "mrpc": dict(kind="glue", seq_len=64, steps=350, train_subset=0, eval_subset=0,
                      lr=1e-4),
         "squad": dict(kind="squad", seq_len=128, steps=150, train_subset=0, eval_subset=300,
                       lr=1.5e-4),
