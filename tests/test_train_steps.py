@@ -16,8 +16,9 @@ def ckpts(tiny_ckpts):
     return tiny_ckpts
 
 
+# prune_ofa_bert_large:test is prune_ofa_bert_base:test with another target (both shrink to
+# the same tiny model): the same program, so it is not built again here.
 RECIPES = [("teacher_prep", "test", "bert"), ("prune_ofa_bert_base", "test", "bert"),
-           ("prune_ofa_bert_large", "90,test", "bert"),
            ("prune_ofa_distilbert", "test", "distilbert"),
            ("finetune_glue", "sst2,test", "bert"), ("finetune_squad", "test", "bert"),
            ("qat", "sst2,test", "bert")]
@@ -31,17 +32,19 @@ def _batch(c, seed=0):
 
 @pytest.mark.parametrize("name,arg,family", RECIPES)
 def test_step_same_loss_on_1_device_dp_and_fsdp(ckpts, name, arg, family):
-    """Three steps per mesh; the pruning recipes recompute masks at steps 0 and 2 (the second
-    at a nonzero sparsity), so the FSDP mask update with its collectives is covered too."""
+    """Three steps on one device and on 8 (2-way data parallel x 4-way FSDP: the batch split 8
+    ways, params and optimizer state sharded 4 ways); the pruning recipes recompute masks at
+    steps 0 and 2 (the second at a nonzero sparsity), so the FSDP mask update with its
+    collectives is covered too."""
     c = train_helpers.recipe(name, arg, init=ckpts[family])
     if c.distill.kd_weight > 0:
         c.teacher.path = ckpts[family]
     meshes = {"single": mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]),
-              "dp8": mesh_lib.make_mesh(8, 1, 1), "fsdp8": mesh_lib.make_mesh(1, 8, 1)}
+              "dp2_fsdp4": mesh_lib.make_mesh(2, 4, 1)}
     losses, kept = {}, {}
     for key, mesh in meshes.items():
         run = build.build(c, mesh=mesh)
-        if key == "fsdp8":  # the FSDP run must really shard params
+        if key == "dp2_fsdp4":  # the FSDP run must really shard params
             specs = [s.spec for s in jax.tree.leaves(run.state_shardings.params)]
             assert any("fsdp" in str(s) for s in specs)
         state, losses[key] = run.state, []
@@ -51,10 +54,8 @@ def test_step_same_loss_on_1_device_dp_and_fsdp(ckpts, name, arg, family):
             losses[key].append(float(metrics["loss"]))
         kept[key] = [int(m.sum()) for m in jax.tree.leaves(state.masks)]
     assert np.all(np.isfinite(losses["single"]))
-    for key in ("dp8", "fsdp8"):
-        np.testing.assert_allclose(losses[key], losses["single"], rtol=0, atol=1e-5,
-                                   err_msg=key)
-        assert kept[key] == kept["single"], key
+    np.testing.assert_allclose(losses["dp2_fsdp4"], losses["single"], rtol=0, atol=1e-5)
+    assert kept["dp2_fsdp4"] == kept["single"]
     if c.sparsity.enabled and not c.sparsity.lock_pattern:  # step 2 really pruned
         assert sum(kept["single"]) < sum(m.size for m in jax.tree.leaves(state.masks))
 
