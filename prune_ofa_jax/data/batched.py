@@ -23,6 +23,7 @@ With nsp=False a row is the used sentences alone ([CLS] A [SEP], truncated to ma
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Sequence
 
 import numpy as np
@@ -32,6 +33,17 @@ from prune_ofa_jax.data import instances, masking, records
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 (_SHORT, _TARGET, _SPLIT, _RANDOM, _PARTNER, _B_START, _CUT, _TRIM_A, _TRIM_B, _NORMAL,
  _MASK_ORDER, _MASK_KIND, _MASK_ID) = range(13)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+    """A tokenizer's special ids (a plain record: Grain workers unpickle it without importing
+    the tokenizer libraries)."""
+    cls: int
+    sep: int
+    pad: int
+    mask: int
+    all: np.ndarray
 
 
 def _mix(x):

@@ -129,31 +129,49 @@ class PreparedDataset:
     def iterator(self, worker_count: int = 2, prefetch: int = 2) -> "Iterator":
         if not flags.FLAGS.is_parsed():  # Grain reads absl flags; a library caller has none
             flags.FLAGS.mark_as_parsed()
-        ds = self.dataset().to_iter_dataset(
-            grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
-        if worker_count > 0:
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=worker_count, per_worker_buffer_size=prefetch))
-        return Iterator(iter(ds))
+
+        def make(start: int):
+            ds = self.dataset()[start:].to_iter_dataset(
+                grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+            if worker_count > 0:
+                ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+                    num_workers=worker_count, per_worker_buffer_size=prefetch))
+            return iter(ds)
+        return Iterator(make, worker_count)
 
 
 class Iterator:
-    """A Grain iterator whose state is JSON bytes (what grain.checkpoint saves per process)."""
+    """The Grain iterator with a JSON state (bytes, what grain.checkpoint saves per process):
+    Grain's own state plus the batch position. A state saved with another worker_count (its
+    Grain part then does not fit) resumes from the position: batch k is a pure function of k.
+    """
 
-    def __init__(self, it):
-        self._it = it
+    def __init__(self, make, worker_count: int):
+        self._make, self._workers = make, worker_count
+        self._start, self._it, self.position = 0, make(0), 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in next(self._it).items()}  # out of shared memory
+        batch = {k: np.array(v) for k, v in next(self._it).items()}  # out of shared memory
+        self.position += 1
+        return batch
 
     def get_state(self) -> bytes:
-        return json.dumps(self._it.get_state()).encode()
+        return json.dumps({"position": self.position, "start": self._start,
+                           "worker_count": self._workers,
+                           "grain": self._it.get_state()}).encode()
 
     def set_state(self, state: bytes) -> None:
-        self._it.set_state(json.loads(state))
+        state = json.loads(state)
+        self.close()
+        if state["worker_count"] == self._workers:
+            self._start, self._it = state["start"], self._make(state["start"])
+            self._it.set_state(state["grain"])
+        else:
+            self._start, self._it = state["position"], self._make(state["position"])
+        self.position = state["position"]
 
     def start_prefetch(self) -> None:
         """Called by grain.checkpoint after a restore; prefetch starts on the next fetch."""
@@ -163,9 +181,10 @@ class Iterator:
             self._it.close()
 
 
-def special_ids(tokenizer):
+def special_ids(tokenizer) -> batched.SpecialIds:
     from prune_ofa_jax.data import pretraining  # pylint: disable=import-outside-toplevel
-    return pretraining.special_token_ids(tokenizer)
+    ids = pretraining.special_token_ids(tokenizer)
+    return batched.SpecialIds(ids.cls, ids.sep, ids.pad, ids.mask, np.asarray(ids.all))
 
 
 def mask_config(tokenizer, mlm_prob: float = 0.15) -> masking.MaskingConfig:

@@ -42,6 +42,8 @@ def maybe_initialize_distributed() -> None:
     """
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
+        if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in env:  # CPU collectives across
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # processes
         jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
                                    int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"]))
     elif any(m in env for m in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
@@ -120,6 +122,14 @@ def batch_sharding(mesh, ndim: int = 2, accum: bool = True) -> NamedSharding:
     batches are [batch, ...] (dim 0)."""
     lead = (None,) if accum else ()
     return NamedSharding(mesh, P(*lead, ("data", "fsdp"), *(None,) * (ndim - 1 - len(lead))))
+
+
+def to_host(tree):
+    """numpy copies of (possibly multi-host sharded) arrays: every process gets the whole."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def global_batch(local: dict, mesh, accum: int | None = 1) -> dict:

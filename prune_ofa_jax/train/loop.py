@@ -276,10 +276,10 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
 
 def _finish(run_, state, workdir, final_eval, wall) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
-    params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
+    params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
                             overwrite=True)
-    stats = masks_lib.sparsity_report(params, state.masks)
+    stats = masks_lib.sparsity_report(params, mesh_lib.to_host(state.masks))
     report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
                            "eval": {k: float(v) for k, v in final_eval.items()},
