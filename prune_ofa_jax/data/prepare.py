@@ -13,10 +13,12 @@ Beam pipeline option: by default the DirectRunner in multi-process mode with
 `--direct_num_workers=2`; `--runner=DataflowRunner|SparkRunner|FlinkRunner` runs the same
 pipeline at scale (README, "Pre-training at scale").
 
-Stages: work items (one per text file, or a range of TFDS records) -> documents (sentence
-split) -> batches of documents tokenised with the Rust tokenizer -> chunks (records.py) keyed
-by (split, shard) from a hash of the document id -> one writer per shard: records sorted by
-(doc, chunk), written under a temporary name, renamed when complete -> manifest.json last.
+Stages: work items (one per text file, or a range of 2000 TFDS records), spread over the
+workers -> per item, fused in one worker: documents (sentence split), tokenised in batches
+with the Rust tokenizer, chunked (records.py), written as that item's shards (train, and
+eval for the documents a hash of their id holds out) under a temporary name and renamed
+when complete -> the shards' counts, gathered -> manifest.json, written last. Only counts
+cross between workers (no shuffle of token data), so workers scale with the items.
 
 Idempotent: a directory whose manifest matches this command (source files and sizes,
 tokenizer hash, seq_len, shards, eval fraction) is left as it is; one that holds another
@@ -55,6 +57,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _unit(doc: int, salt: int) -> float:
+    """A uniform [0, 1) hash of a document id (the eval hold-out draw)."""
     with np.errstate(over="ignore"):
         h = splitmix64(np.uint64(doc) ^ splitmix64(np.uint64(salt)))
     return float(h >> np.uint64(11)) * 2.0**-53
@@ -109,21 +112,30 @@ def chunk_document(lengths: np.ndarray, target: int) -> List[Tuple[int, int]]:
     return out
 
 
-class Tokenize:
-    """Beam DoFn body: a batch of (doc id, sentences) -> ((split, shard), record) pairs."""
+class Item:
+    """Beam Map body: one work item -> its shards (written) and their counts."""
 
-    def __init__(self, tokenizer_path, seq_len: int, num_shards: int, eval_fraction: float):
-        self.tokenizer_path, self.seq_len = tokenizer_path, seq_len
-        self.num_shards, self.eval_fraction = num_shards, eval_fraction
+    def __init__(self, tokenizer_path, seq_len: int, eval_fraction: float, out: str,
+                 tmp: str, num_items: int):
+        self.tokenizer_path, self.seq_len, self.eval_fraction = tokenizer_path, seq_len, \
+            eval_fraction
+        self.out, self.tmp, self.num_items = out, tmp, num_items
         self.backend = None
 
-    def __call__(self, docs: Sequence[Tuple[int, List[str]]]):
+    def tokenize(self, sentences: List[str]) -> List[np.ndarray]:
         if self.backend is None:  # once per worker (the object is unpickled there)
             tok = tokenization.load_tokenizer(self.tokenizer_path)
             self.backend = tokenization.plain_backend(tok)
-        sentences = [s for _, d in docs for s in d]
-        ids = [np.asarray(e.ids, np.int32)
-               for e in self.backend.encode_batch(sentences, add_special_tokens=False)]
+        out = []
+        for lo in range(0, len(sentences), 8192):
+            out.extend(np.asarray(e.ids, np.int32) for e in self.backend.encode_batch(
+                sentences[lo:lo + 8192], add_special_tokens=False))
+        return out
+
+    def __call__(self, item: tuple) -> List[dict]:
+        docs = read_item(item)
+        ids = self.tokenize([s for _, d in docs for s in d])
+        parts = {"train": [], "eval": []}
         at = 0
         for doc, sents in docs:
             doc_ids = [x for x in ids[at:at + len(sents)] if x.size]  # as TokenizedCorpus
@@ -132,28 +144,32 @@ class Tokenize:
                 continue
             lengths = np.array([x.size for x in doc_ids], np.int32)
             split = "eval" if _unit(doc, 7) < self.eval_fraction else "train"
-            shard = int(_unit(doc, 11) * self.num_shards) if split == "train" else 0
             for k, (s0, s1) in enumerate(chunk_document(lengths, self.seq_len - 3)):
-                yield ((split, shard),
-                       records.encode(doc, k, lengths[s0:s1], np.concatenate(doc_ids[s0:s1])))
+                parts[split].append(
+                    (lengths[s0:s1], np.concatenate(doc_ids[s0:s1]), doc, k))
+        index = work_index(item)
+        return [write_shard(split, index, self.num_items, chunks, self.out, self.tmp)
+                for split, chunks in parts.items() if chunks]
 
 
-def write_shard(keyed, out: str, tmp: str, num_shards: int) -> dict:
-    """All records of one shard, sorted, written to tmp/NAME, then renamed to out/NAME."""
+def work_index(item: tuple) -> int:
+    return item[1] if item[0] == "text" else item[4] // _TFDS_ITEM
+
+
+def write_shard(split: str, index: int, count: int, chunks, out: str, tmp: str) -> dict:
+    """Records in document order, written to tmp/NAME, then renamed to out/NAME."""
     import array_record.python.array_record_module as ar  # pylint: disable=import-outside-toplevel
-    (split, shard), raws = keyed
-    decoded = sorted(((records.decode(r), r) for r in raws), key=lambda c: (c[0].doc, c[0].index))
-    name = records.shard_name(split, shard, num_shards if split == "train" else 1)
+    name = records.shard_name(split, index, count)
     local = epath.Path(tmp) / name
     writer = ar.ArrayRecordWriter(str(local), records.WRITER_OPTIONS)
-    for _, raw in decoded:
-        writer.write(raw)
+    for lengths, tokens, doc, k in chunks:
+        writer.write(records.encode(doc, k, lengths, tokens))
     writer.close()
     local.rename(epath.Path(out) / name)  # atomic on one file system: never half a shard
-    return {"name": name, "split": split, "records": len(decoded),
-            "documents": sum(c.index == 0 for c, _ in decoded),
-            "sentences": int(sum(c.sent_lens.size for c, _ in decoded)),
-            "tokens": int(sum(c.tokens.size for c, _ in decoded))}
+    return {"name": name, "split": split, "records": len(chunks),
+            "documents": sum(c[3] == 0 for c in chunks),
+            "sentences": int(sum(c[0].size for c in chunks)),
+            "tokens": int(sum(c[1].size for c in chunks))}
 
 
 def fingerprint(items: Sequence[tuple], tokenizer, args) -> dict:
@@ -161,7 +177,7 @@ def fingerprint(items: Sequence[tuple], tokenizer, args) -> dict:
     files = [{"path": str(it[2]), "bytes": os.path.getsize(it[2])} for it in items
              if it[0] == "text"]
     return {"source": args.source, "files": files, "seq_len": args.seq_len,
-            "num_shards": args.num_shards, "eval_fraction": args.eval_fraction,
+            "eval_fraction": args.eval_fraction,
             "tokenizer_sha256": records.tokenizer_sha256(tokenizer)}
 
 
@@ -211,18 +227,13 @@ def run(args, beam_args: List[str]) -> dict:
         stale.rmtree()
     tmp = str(out / f".tmp-{uuid.uuid4().hex[:8]}")
     epath.Path(tmp).mkdir()
-    tokenize = Tokenize(args.tokenizer or None, args.seq_len, args.num_shards,
-                        args.eval_fraction)
-    n_shards, out_s = args.num_shards, str(out)
+    process = Item(args.tokenizer or None, args.seq_len, args.eval_fraction, str(out), tmp,
+                   max(work_index(it) for it in items) + 1)
     with beam.Pipeline(options=_pipeline_options(beam_args)) as p:
         _ = (p | "items" >> beam.Create(items) | "spread" >> beam.Reshuffle()
-             | "documents" >> beam.FlatMap(read_item)
-             | "batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
-             | "tokenize" >> beam.FlatMap(tokenize)
-             | "by_shard" >> beam.GroupByKey()
-             | "write" >> beam.Map(write_shard, out_s, tmp, n_shards)
+             | "shards" >> beam.FlatMap(process)
              | "all" >> beam.combiners.ToList()
-             | "manifest" >> beam.Map(write_manifest, out_s, tmp, head))
+             | "manifest" >> beam.Map(write_manifest, str(out), tmp, head))
     return records.load_manifest(out)
 
 
@@ -232,7 +243,6 @@ def parse(argv: Sequence[str]):
     ap.add_argument("--tokenizer", default="", help="tokenizer dir ('' = MiniLM's)")
     ap.add_argument("--out", required=True, help="output dir (local or gs://)")
     ap.add_argument("--seq_len", type=int, default=128, help="training seq_len (chunk size)")
-    ap.add_argument("--num_shards", type=int, default=16)
     ap.add_argument("--eval_fraction", type=float, default=0.05,
                     help="share of documents held out for the MLM eval")
     ap.add_argument("--root", default="", help="data root for text globs ('' = default)")

@@ -35,7 +35,7 @@ from etils import epath
 
 FORMAT = "prune_ofa_jax.prepared/1"
 MANIFEST = "manifest.json"
-WRITER_OPTIONS = "group_size:1"
+WRITER_OPTIONS = "group_size:1,uncompressed"  # random access; ids barely compress
 _HEADER = 4
 
 

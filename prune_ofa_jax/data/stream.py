@@ -5,19 +5,22 @@
     batch = next(it); state = it.get_state(); it.set_state(state)
 
 The Grain pipeline (one per host):
-  MapDataset.range(num_records).shuffle(seed).repeat()   index sampler: a permutation per
-                                                         epoch, seeded by (seed, epoch), O(1)
-                                                         memory (Grain's index shuffle)
-  .map_with_index -> (n, record)                         n = global sample number
-  .batch(batch_size // process_count)[p::process_count]  process p's rows of each global batch:
-                                                         global batch k = chunks kP .. kP+P-1,
-                                                         so it is the same batch on any
-                                                         number of hosts
-  .map(_BuildBatch)                                      read the records (+ random-next
-                                                         partners) and batched.Batcher: NSP
-                                                         pairing and masking per batch
-  .to_iter_dataset().mp_prefetch(worker_count)           worker processes, `prefetch` batches
+  MapDataset.range(MAX_STEPS)                            element k = global batch k
+  .map(_BuildBatch)                                      process p's rows n = kB + pb ..
+                                                         kB + (p+1)b - 1 of it (b = B / P);
+                                                         the index sampler maps n to record
+                                                         permute(n mod N, key(seed, epoch))
+                                                         (a keyed bijection, O(1) memory,
+                                                         vectorised per batch); then read the
+                                                         records (+ random-next partners) and
+                                                         batched.Batcher: NSP pairing and
+                                                         masking per batch
+  .to_iter_dataset().mp_prefetch(worker_count)           worker processes (worker w builds
+                                                         k = w mod W), `prefetch` batches
                                                          buffered per worker
+Rows are numbered globally, so global batch k is the same on any number of hosts.
+(Grain's own MapDataset.shuffle/batch run per element, ~0.4 ms a row here: too slow for
+25k rows/s on two cores, hence the index sampler inside the batch transform.)
 A host keeps only the ArrayRecord readers' indices (one offset per record of the shards) and
 the batches in flight: its memory does not grow with the corpus' tokens.
 """
@@ -35,23 +38,33 @@ from prune_ofa_jax.data import batched, common, masking, records, tokenization
 
 
 class _Chunks:
-    """Decoded chunks of ArrayRecord shards, opened lazily (in each worker process)."""
+    """Decoded chunks of ArrayRecord shards; readers opened lazily (in each worker process),
+    one per shard, each read a batch of positions at a time."""
 
-    def __init__(self, paths):
-        self.paths = list(paths)
-        self._source = None
-
-    def _src(self):
-        if self._source is None:
-            self._source = grain.sources.ArrayRecordDataSource(self.paths)
-        return self._source
+    def __init__(self, paths, counts):
+        self.paths, self.counts = list(paths), list(counts)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)])
+        self._readers = None
 
     def __len__(self) -> int:
-        return len(self._src())
+        return int(self.starts[-1])
 
     def get(self, keys) -> list:
-        src = self._src()
-        return [records.decode(r) for r in src.__getitems__([int(k) for k in keys])]
+        import array_record.python.array_record_module as ar  # pylint: disable=import-outside-toplevel
+        if self._readers is None:
+            self._readers = [None] * len(self.paths)
+        keys = np.asarray(keys, np.int64)
+        shard = np.searchsorted(self.starts, keys, side="right") - 1
+        out = [None] * len(keys)
+        for s in np.unique(shard):
+            if self._readers[s] is None:
+                self._readers[s] = ar.ArrayRecordReader(self.paths[s],
+                                                        "readahead_buffer_size:0")
+            sel = np.flatnonzero(shard == s)
+            raws = self._readers[s].read([int(k) for k in keys[sel] - self.starts[s]])
+            for i, raw in zip(sel, raws):
+                out[i] = records.decode(raw)
+        return out
 
     def partners(self, u: np.ndarray, docs: np.ndarray) -> list:
         """Chunks at uniform random places, moved on by half the corpus when one is of the
@@ -67,18 +80,37 @@ class _Chunks:
         return out
 
     def __getstate__(self):
-        return {"paths": self.paths}
+        return {"paths": self.paths, "counts": self.counts}
 
     def __setstate__(self, state):
-        self.paths, self._source = state["paths"], None
+        self.__init__(state["paths"], state["counts"])
+
+
+MAX_STEPS = 2**40
 
 
 class _BuildBatch(grain.transforms.Map):
-    def __init__(self, chunks: _Chunks, batcher: batched.Batcher):
-        self.chunks, self.batcher = chunks, batcher
+    """Global batch index k -> this process's rows of it."""
+
+    def __init__(self, chunks: _Chunks, batcher: batched.Batcher, num_records: int,
+                 global_batch: int, local_batch: int, process_index: int, seed: int):
+        self.chunks, self.batcher, self.num_records = chunks, batcher, num_records
+        self.global_batch, self.local_batch = global_batch, local_batch
+        self.process_index, self.seed = process_index, seed
+
+    def records(self, n: np.ndarray) -> np.ndarray:
+        """The index sampler: sample n -> its record (epoch e = n // N permuted by (seed, e))."""
+        epoch, i = np.divmod(n, self.num_records)
+        out = np.empty_like(n)
+        for e in np.unique(epoch):
+            sel = epoch == e
+            out[sel] = batched.permute(i[sel], self.num_records, (self.seed << 32) + int(e))
+        return out
 
     def map(self, element):
-        n, keys = element
+        first = int(element) * self.global_batch + self.process_index * self.local_batch
+        n = np.arange(first, first + self.local_batch, dtype=np.int64)
+        keys = self.records(n)
         rows = self.chunks.get(keys)
         docs = np.array([c.doc for c in rows])
         return self.batcher(np.asarray(n), rows,
@@ -95,7 +127,9 @@ class PreparedDataset:
                  process_count: Optional[int] = None):
         self.manifest = records.load_manifest(directory)
         records.check_fits(self.manifest, directory, tokenizer, tokenizer_path, max_len)
-        self.chunks = _Chunks(records.shard_paths(self.manifest, directory, split))
+        self.chunks = _Chunks(records.shard_paths(self.manifest, directory, split),
+                              [s["records"] for s in self.manifest["shards"]
+                               if s["split"] == split])
         if not self.chunks.paths:
             raise records.PreparedDataError(
                 f"{directory}: no {split} shards (re-prepare with a larger --eval_fraction)")
@@ -117,10 +151,9 @@ class PreparedDataset:
 
     def dataset(self) -> grain.MapDataset:
         """The MapDataset of this host's batches (random access by batch index)."""
-        ds = grain.MapDataset.range(self.num_records).shuffle(seed=self.seed).repeat()
-        ds = ds.map_with_index(lambda n, key: (n, key)).batch(self.local_batch_size)
-        ds = ds[self.process_index::self.process_count]
-        return ds.map(_BuildBatch(self.chunks, self.batcher))
+        return grain.MapDataset.range(MAX_STEPS).map(_BuildBatch(
+            self.chunks, self.batcher, self.num_records, self.global_batch_size,
+            self.local_batch_size, self.process_index, self.seed))
 
     def batch(self, k: int) -> Dict[str, np.ndarray]:
         """Batch k built in this process (random access; the iterator is for training)."""

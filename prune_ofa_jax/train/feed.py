@@ -69,6 +69,10 @@ class Feed:
         if self._next is None:
             self._next = mesh_lib.global_batch(next(self.iterator), self.mesh, accum=self.accum)
 
+    def peek(self) -> dict:
+        """The prefetched batch (prefetch() first), left in place."""
+        return self._next
+
     def take(self) -> dict:
         self.prefetch()
         batch, self._next = self._next, None

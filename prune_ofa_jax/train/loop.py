@@ -152,12 +152,14 @@ def log_dir(workdir) -> pathlib.Path:
 
 def run(config, workdir) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
+    mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
     config = presets.resolve(config)
     validate_lib.validate(config)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     logdir = log_dir(workdir)
-    with logs.to_file(logdir), _sigterm_flag() as sigterm:
+    name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
+    with logs.to_file(logdir, name), _sigterm_flag() as sigterm:
         try:
             return _run(config, workdir, sigterm)
         finally:
@@ -168,7 +170,6 @@ def run(config, workdir) -> dict:
 
 
 def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
-    mesh_lib.maybe_initialize_distributed()
     t_start = time.time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
@@ -190,10 +191,11 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
     writer = MetricWriter(log_dir(workdir))
     bar = _progress(total, start, config.train.progress)
     checks = _LateCheck(writer, bar, config.train.log_every, total, manager, ckpt_dir)
+    step_fn = _aligned_start(run_, state, feed, start)
     try:
         for step in range(start, total):
             batch = feed.take()  # on the device already (prefetched during the last step)
-            state, metrics = run_.step_fn(state, run_.teacher_params, batch)  # async
+            state, metrics = step_fn(state, run_.teacher_params, batch)  # async
             done = step + 1
             checks.push(done, metrics)  # checks the previous step's, ready by now
             evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
@@ -223,6 +225,18 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start)
+
+
+def _aligned_start(run_, state, feed: feed_lib.Feed, start: int):
+    """The step function; multi-host: compiled here, then every process waits for the others,
+    so all enter the first step together (a slow compile on one host would otherwise leave
+    the others waiting in its first collective, past gloo's 30 s on CPU hosts)."""
+    if jax.process_count() == 1:
+        return run_.step_fn
+    feed.prefetch()
+    compiled = run_.step_fn.lower(state, run_.teacher_params, feed.peek()).compile()
+    mesh_lib.sync_hosts(f"prune_ofa_jax_loop_start_{start}")
+    return compiled
 
 
 def _feed(config, data, run_, manager, position: int) -> feed_lib.Feed:
