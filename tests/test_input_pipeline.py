@@ -89,7 +89,7 @@ def test_stream_rows_fixed_by_seed_and_step(prepared_corpus, tok):
     state = it.get_state()
     after = next(it)
     it.close()
-    resumed = one.iterator(worker_count=1)
+    resumed = one.iterator(worker_count=0)  # another worker count: resumes by position
     resumed.set_state(state)
     nxt = next(resumed)
     resumed.close()
