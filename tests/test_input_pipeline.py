@@ -120,3 +120,20 @@ def _check_statistics(batches, tok):
     last_b = types.shape[1] - 1 - np.argmax(types[:, ::-1], axis=1)
     has_b = types.any(1)
     assert (ids["input_ids"][has_b, last_b[has_b]] == tok.sep_token_id).all()
+
+
+def test_tfds_source_work_items(monkeypatch):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    rows = [{"text": b"One here. Two there.\nThree."}, {"text": b""}] * 1500
+
+    def fake_source(name, split=None, data_dir=None, download=True):
+        assert (name, split, download) == ("wikipedia/20230601.en", "train", False)
+        return rows
+    monkeypatch.setattr(tfds, "data_source", fake_source)
+    items = prepare.work_items("tfds:wikipedia/20230601.en:train")
+    assert [it[4:] for it in items] == [(0, 2000), (2000, 3000)]
+    docs = prepare.read_item(items[1])
+    assert len(docs) == 500 and docs[0] == (2000, ["One here.", "Two there.", "Three."])
+    assert prepare.work_index(items[1]) == 1
+    with pytest.raises(ValueError, match="--source"):
+        prepare.work_items("wiki")
