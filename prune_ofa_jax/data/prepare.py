@@ -200,6 +200,8 @@ def _pipeline_options(beam_args: List[str]):
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
                      "--direct_num_workers=2"] + beam_args
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+        beam_args = beam_args + ["--default_sdk_harness_log_level=WARNING"]  # quiet workers
     return pipeline_options.PipelineOptions(beam_args)
 
 
