@@ -1,18 +1,23 @@
 """One Orbax CheckpointManager factory; restore onto the abstract sharded train state.
 
 A checkpoint holds the whole TrainState (params, optimizer state, masks, QAT EMA stats,
-step, data position) plus a JSON "meta" item with the model config, the task and the run's
+step, data position), the input iterator's state ("data": one JSON file per process, written
+by Grain's Orbax handler, so a Grain stream resumes where it stopped on every host) and a
+JSON "meta" item with the model config, the task and the run's
 signature; a restart with a different model shape or task fails with one clear error
 instead of a shape mismatch deep inside Orbax. The teacher is never saved.
 """
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any, Optional
 
+import grain.checkpoint as grain_ckpt
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+DATA = "data"
 
 
 class CheckpointMismatchError(ValueError):
@@ -25,8 +30,11 @@ def make_manager(directory, *, keep: int = 3, async_save: bool = True) -> ocp.Ch
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
         create=True)
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
-                                 item_names=("state", "meta"))
+    directory = epath.Path(directory)
+    if not str(directory).startswith(("gs://", "s3://")):
+        directory = epath.Path(directory.absolute())
+    return ocp.CheckpointManager(directory, options=options,
+                                 item_names=("state", "meta", DATA))
 
 
 def should_save(done: int, every: int, total: int, preempted: bool = False) -> bool:
@@ -34,9 +42,22 @@ def should_save(done: int, every: int, total: int, preempted: bool = False) -> b
     return done % every == 0 or done == total or preempted
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> bool:
-    return manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         data: Any = None) -> bool:
+    """`data`: an iterator with get_state() -> bytes (train/feed.py), saved per process."""
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data is not None:
+        items[DATA] = grain_ckpt.CheckpointSave(data)
+    return manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def restore_data(manager: ocp.CheckpointManager, step: int, iterator: Any) -> bool:
+    """Sets `iterator` to the state saved at `step`; False when that checkpoint has none."""
+    if not (epath.Path(manager.directory) / str(step) / DATA).exists():
+        return False
+    manager.restore(step, args=ocp.args.Composite(**{DATA: grain_ckpt.CheckpointRestore(
+        iterator)}))
+    return True
 
 
 def _abstract(tree):

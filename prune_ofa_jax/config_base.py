@@ -54,6 +54,11 @@ def base() -> ml_collections.ConfigDict:
     c.data.train_subset = 0           # 0 = all rows
     c.data.eval_subset = 0
     c.data.eval_batches = 8           # MLM eval: number of held-out batches
+    c.data.prepared = ""              # dir (local or gs://) from `python -m
+    #                                 prune_ofa_jax.data.prepare`: stream it with Grain
+    #                                 instead of tokenising data.text_files in memory
+    c.data.worker_count = 2           # Grain worker processes per host (0 = in the loop's)
+    c.data.prefetch = 2               # batches buffered per Grain worker
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000

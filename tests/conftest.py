@@ -63,3 +63,17 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data not found at {SHARED_DATA}; set PRUNE_OFA_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory, shared_data) -> pathlib.Path:
+    """WikiText-2 valid prepared for seq_len 32 (the :test recipes' length) with Beam's
+    in-process runner: the input the streaming and multi-host tests train on."""
+    from prune_ofa_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    out = tmp_path_factory.mktemp("prepared") / "wiki_32"
+    args, beam_args = prepare.parse([
+        "--source", "text:wikitext2/valid.txt", "--out", str(out), "--seq_len", "32",
+        "--root", str(shared_data), "--runner=DirectRunner",
+        "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    prepare.run(args, beam_args)
+    return out

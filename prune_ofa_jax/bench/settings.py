@@ -18,7 +18,8 @@ ALIASES = {
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.suite = "all"               # all | kd (the reference all-token KD figures only) |
-    #                               presets (the cost of each reference-preset choice)
+    #                               presets (the cost of each reference-preset choice) |
+    #                               input (pre-training input: bench/input.py)
     c.model = "bert-small"        # an alias above or a models.config name (minilm-l6, ...)
     c.overrides = ""              # extra ModelConfig fields: "num_layers=2,vocab_size=1000"
     c.dtype = "float32"           # compute dtype of the CPU figures
@@ -48,6 +49,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.accel.max_predictions = 20
     c.accel.warmup = 3
     c.accel.steps = 10
+    c.input = ml_collections.ConfigDict()   # suite=input (bench/input.py)
+    c.input.small_tokens = 20e6   # synthetic prepared corpora for time-to-first-batch
+    c.input.large_tokens = 200e6
+    c.input.batch_size = 256
+    c.input.worker_count = 2      # Grain worker processes
+    c.input.warmup_batches = 5
+    c.input.batches = 40          # timed batches per throughput figure
+    c.input.overlap_steps = 30
+    c.input.overlap_factor = 1.0  # emulated device time T = factor x input time per batch
+    c.input.min_step_s = 0.02
+    c.input.tmp_dir = ""          # "" = the system temp dir (needs ~2 GB)
     return c
 
 

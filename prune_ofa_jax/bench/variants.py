@@ -68,7 +68,7 @@ SUITES = ("all", "kd", "presets")
 
 def kinds(extras: bool, suite: str = "all") -> list[str]:
     if suite not in SUITES:
-        raise ValueError(f"config.suite: {suite!r} is not one of {SUITES}")
+        raise ValueError(f"config.suite: {suite!r} is not one of {SUITES + ('input',)}")
     if suite == "kd":
         return list(KD_SUITE)
     if suite == "presets":

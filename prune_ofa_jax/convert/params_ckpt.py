@@ -3,16 +3,16 @@
 baked in), read by `export-hf`.
 
 Writes are all-or-nothing: everything goes to `<dir>.tmp` first and is renamed into place.
+Paths go through etils.epath (local or gs://), as Orbax's do.
 """
 
 import json
-import pathlib
-import shutil
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from prune_ofa_jax.models import config as config_lib
 
@@ -20,7 +20,13 @@ MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 
 
-def _tmp_path(path: pathlib.Path) -> pathlib.Path:
+def _path(directory) -> epath.Path:
+    """An absolute epath (bucket paths as they are)."""
+    path = epath.Path(directory)
+    return path if "://" in str(directory) else epath.Path(path.absolute())
+
+
+def _tmp_path(path: epath.Path) -> epath.Path:
     # Deterministic (not random) so every process of a multi-host job agrees on it.
     return path.with_name(path.name + ".tmp")
 
@@ -32,19 +38,19 @@ def _sync(name: str) -> None:
 
 
 def save_params(directory, params: Any, model_config: config_lib.ModelConfig, task: str,
-                overwrite: bool = False) -> pathlib.Path:
+                overwrite: bool = False) -> epath.Path:
     """Saves params (any pytree of arrays; sharded jax arrays are fine) + model.json.
 
     Raises FileExistsError when `directory` exists and overwrite is False. In a multi-host job
     every process must call this (Orbax writes each process's shards).
     """
-    final = pathlib.Path(directory).absolute()
+    final = _path(directory)
     if final.exists() and not overwrite:
         raise FileExistsError(f"checkpoint dir already exists: {final}")
     tmp = _tmp_path(final)
     if jax.process_index() == 0:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            tmp.rmtree()
         tmp.mkdir(parents=True)
     _sync("params_ckpt_mkdir")
     checkpointer = ocp.StandardCheckpointer()
@@ -55,7 +61,7 @@ def save_params(directory, params: Any, model_config: config_lib.ModelConfig, ta
         meta = {"model_config": model_config.to_dict(), "task": task}
         (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if final.exists():
-            shutil.rmtree(final)
+            final.rmtree()
         tmp.rename(final)
     _sync("params_ckpt_rename")
     return final
@@ -63,7 +69,7 @@ def save_params(directory, params: Any, model_config: config_lib.ModelConfig, ta
 
 def load_model_json(directory) -> tuple[config_lib.ModelConfig, str]:
     """(model_config, task) recorded in a params checkpoint."""
-    path = pathlib.Path(directory)
+    path = _path(directory)
     meta_file = path / MODEL_JSON
     if not meta_file.is_file():
         raise FileNotFoundError(f"not a params checkpoint (no {MODEL_JSON}): {path}")
@@ -75,7 +81,7 @@ def load_params(directory, sharding: Optional[Any] = None
                 ) -> tuple[Any, config_lib.ModelConfig, str]:
     """(params, model_config, task). Arrays land on `sharding` (one Sharding for all leaves, or a
     pytree of them); default: the first local device. Independent of how they were saved."""
-    path = pathlib.Path(directory).absolute()
+    path = _path(directory)
     model_config, task = load_model_json(path)
     checkpointer = ocp.StandardCheckpointer()
     tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree

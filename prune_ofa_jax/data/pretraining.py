@@ -188,6 +188,11 @@ class PretrainingDataset:
         return ids, types, maskable, n
 
 
+def special_token_ids(tokenizer) -> "_SpecialIds":
+    """cls/sep/pad/mask ids and every special id (`.all`) of a tokenizer."""
+    return _SpecialIds(tokenizer)
+
+
 class _SpecialIds:
     def __init__(self, tokenizer):
         self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id

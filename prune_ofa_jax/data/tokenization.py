@@ -80,6 +80,12 @@ def encode_texts(tokenizer, texts: Sequence[str], progress: Optional[bool] = Non
     return out
 
 
+def plain_backend(tokenizer):
+    """The Rust tokenizer without padding/truncation, for callers batching on their own
+    (e.g. the prepare pipeline's workers, which build it once)."""
+    return _plain_backend(tokenizer)
+
+
 def _plain_backend(tokenizer):
     """A copy of the Rust tokenizer with padding and truncation off (the saved tokenizer.json
     of many models, MiniLM's included, pads and truncates every encoding to 128)."""

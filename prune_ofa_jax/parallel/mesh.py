@@ -38,15 +38,31 @@ def maybe_initialize_distributed() -> None:
     """Multi-host: jax.distributed.initialize() before any device is touched.
 
     Explicit: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/multi_gpu.sh).
-    Auto-detected by JAX: TPU pod workers, SLURM, Open MPI. Single host: nothing.
+    Auto-detected by JAX: TPU pod workers, SLURM, Open MPI. Single host: nothing. Idempotent
+    (a pipeline's second run finds it done).
     """
     env = os.environ
+    if jax.distributed.is_initialized():
+        return
     if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
+        if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in env:  # CPU collectives across
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # processes
         jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
                                    int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"]))
     elif any(m in env for m in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
         if int(env.get("SLURM_NTASKS", env.get("OMPI_COMM_WORLD_SIZE", "2"))) > 1:
             jax.distributed.initialize()
+
+
+def sync_hosts(name: str, timeout_s: int = 1800) -> None:
+    """All processes wait here (the coordination service's barrier, not a collective).
+
+    Gloo sets up each group's connections on its first collective and gives the group 30 s
+    to gather; a process that starts, imports or builds much later than the others (a busy
+    host) would fail that. Aligning them before the first step keeps the skew small."""
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+        ocp.multihost.sync_global_processes(name, timeout=timeout_s)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
@@ -120,6 +136,14 @@ def batch_sharding(mesh, ndim: int = 2, accum: bool = True) -> NamedSharding:
     batches are [batch, ...] (dim 0)."""
     lead = (None,) if accum else ()
     return NamedSharding(mesh, P(*lead, ("data", "fsdp"), *(None,) * (ndim - 1 - len(lead))))
+
+
+def to_host(tree):
+    """numpy copies of (possibly multi-host sharded) arrays: every process gets the whole."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def global_batch(local: dict, mesh, accum: int | None = 1) -> dict:

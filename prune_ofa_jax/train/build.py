@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import pathlib
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from prune_ofa_jax import presets
 from prune_ofa_jax.convert import hf as hf_convert
@@ -53,7 +53,7 @@ class Run:
 
 def load_params(path: str, task: str, num_labels: int, init_missing_heads: bool):
     """(params, ModelConfig, source_task) from an HF dir or one of our params checkpoints."""
-    p = pathlib.Path(path)
+    p = epath.Path(path)  # local or gs://
     if (p / "model.json").exists():
         params, mcfg, src_task = params_ckpt.load_params(p)
         return params, mcfg, src_task

@@ -3,25 +3,29 @@ set, SQuAD EM/F1 after post-processing. The forward is the jitted `eval_step`.""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import objectives
 
 
-def _forward(run, state, batch):
+def _forward(run, state, batch, also=()):
+    """Eval outputs of the global batch on the host (all processes' rows), and the batch's
+    `also` keys likewise."""
     batch = mesh_lib.global_batch(batch, run.mesh, accum=None)
     out = run.eval_fn(state.params, state.masks, state.quant_stats, batch)
-    return jax.device_get(out)
+    if also:
+        return mesh_lib.to_host(out), mesh_lib.to_host({k: batch[k] for k in also})
+    return mesh_lib.to_host(out)
 
 
 def mlm_eval(run, state, source, num_batches: int) -> dict:
     """Masked-LM cross-entropy and accuracy over the masked positions of held-out batches."""
     nll = correct = count = 0.0
     for i in range(num_batches):
-        batch = source.batch(i)
-        logits = _forward(run, state, batch)["mlm_logits"].astype(np.float64)
+        out, batch = _forward(run, state, source.batch(i),
+                              also=("masked_lm_ids", "masked_lm_weights"))
+        logits = out["mlm_logits"].astype(np.float64)
         labels, w = batch["masked_lm_ids"], batch["masked_lm_weights"]
         logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         picked = np.take_along_axis(logits, labels[..., None], -1)[..., 0]

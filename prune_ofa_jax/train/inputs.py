@@ -11,10 +11,11 @@ import pathlib
 from typing import Any, Callable, Optional
 
 import numpy as np
+from etils import epath
 
 from prune_ofa_jax import paths
 from prune_ofa_jax.data import classification, common, glue, pretraining, squad, squad_features, text
-from prune_ofa_jax.data import tokenization, tweets
+from prune_ofa_jax.data import stream, tokenization, tweets
 from prune_ofa_jax.eval import glue_metrics, squad_metrics
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def tokenizer_path(c) -> Optional[str]:
     """data.tokenizer, else init.path when it holds a tokenizer, else None (MiniLM's)."""
     if c.data.tokenizer:
         return c.data.tokenizer
-    init = pathlib.Path(c.init.path) if c.init.path else None
+    init = epath.Path(c.init.path) if c.init.path else None
     if init is not None and any((init / f).exists() for f in ("tokenizer.json", "vocab.txt")):
         return str(init)
     return None
@@ -59,7 +60,21 @@ def _subset(examples, n: int, seed: int):
     return examples.subset(np.sort(np.random.default_rng(seed).permutation(len(examples))[:n]))
 
 
+def _prepared(c, tok) -> Sources:
+    """Train: the Grain stream over the train shards; eval: batches of the held-out shards."""
+    kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
+              tokenizer_path=tokenizer_path(c))
+    return Sources(
+        train=stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.batch_size,
+                                     seed=c.seed, **kw),
+        eval=stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.eval_batch_size,
+                                    seed=c.seed + 1, split="eval", **kw),
+        metrics=None)
+
+
 def _text(c, tok) -> Sources:
+    if c.data.prepared:
+        return _prepared(c, tok)
     corpus = _corpus(tuple(c.data.text_files), str(_root(c)), tokenizer_path(c), c.data.source)
     train, held = corpus.split(0.05, c.seed)
     kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
@@ -135,7 +150,8 @@ def _squad(c, tok) -> Sources:
 
 def describe(c, sources: Sources) -> str:
     """One line for the console: what the run reads."""
-    what = {"text": "text " + ", ".join(c.data.text_files), "glue": f"GLUE {c.data.glue_task}",
+    what = {"text": (f"prepared {c.data.prepared}" if c.data.prepared
+                     else "text " + ", ".join(c.data.text_files)), "glue": f"GLUE {c.data.glue_task}",
             "squad": "SQuAD v1.1", "tweets": "disaster tweets"}[c.data.kind]
     epoch = getattr(sources.train, "steps_per_epoch", None)
     size = f", {epoch:,} steps per epoch" if isinstance(epoch, int) else ""

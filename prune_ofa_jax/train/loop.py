@@ -5,8 +5,14 @@ Nothing is lost on a crash: checkpoints on the `checkpoint.every` interval (asyn
 whole train state including the data position, so the same command resumes and reaches the
 same params as an uninterrupted run. SIGTERM (preemption) saves the current step and stops
 with `Preempted`. A non-finite loss stops the run naming the step; the last good checkpoint
-is kept (a bad state is never saved). Metrics are read one step late, so the host prepares
-the next batch while the device runs the current step. The full log is WORKDIR/log.txt.
+is kept (a bad state is never saved). Metrics are read one step late, and the next global
+batch is pulled from the input iterator (train/feed.py; Grain workers build it) and sent to
+the devices after the current step is dispatched, so input and compute overlap and the host
+never waits on the step it has just dispatched. The full log is WORKDIR/log.txt.
+
+WORKDIR may be local or a bucket (gs://...): paths go through etils.epath, as in Orbax. Logs
+and metrics of a bucket workdir are written locally (LOCAL_LOGS/<name>) and copied into it
+at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import logging
 import math
 import pathlib
 import signal
+import tempfile
 import threading
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax import jsonio, logs, presets
@@ -29,6 +37,7 @@ from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build as build_lib
 from prune_ofa_jax.train import evaluate as evaluate_lib
+from prune_ofa_jax.train import feed as feed_lib
 from prune_ofa_jax.train import inputs as inputs_lib
 from prune_ofa_jax.train import validate as validate_lib
 
@@ -109,7 +118,7 @@ def _sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _describe(run_, workdir: pathlib.Path) -> None:
+def _describe(run_, workdir) -> None:
     c, m = run_.config, run_.model_config
     n = sum(x.size for x in jax.tree.leaves(run_.state.params))
     log.info("model: %s, %d layers, hidden %d, %.1fM params, task %s; init %s", m.model_type,
@@ -131,18 +140,36 @@ def _describe(run_, workdir: pathlib.Path) -> None:
              workdir)
 
 
+LOCAL_LOGS = pathlib.Path(tempfile.gettempdir()) / "prune_ofa_jax_logs"
+
+
+def log_dir(workdir) -> pathlib.Path:
+    """Where log.txt, metrics.jsonl and tb/ are written: the workdir itself when it is local."""
+    if "://" not in str(workdir):
+        return pathlib.Path(str(workdir))
+    return LOCAL_LOGS / str(workdir).replace("://", "_").replace("/", "_")
+
+
 def run(config, workdir) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
+    mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
     config = presets.resolve(config)
     validate_lib.validate(config)
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    with logs.to_file(workdir), _sigterm_flag() as sigterm:
-        return _run(config, workdir, sigterm)
+    logdir = log_dir(workdir)
+    name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
+    with logs.to_file(logdir, name), _sigterm_flag() as sigterm:
+        try:
+            return _run(config, workdir, sigterm)
+        finally:
+            if str(logdir) != str(workdir) and jax.process_index() == 0:
+                for f in ("log.txt", "metrics.jsonl"):
+                    if (logdir / f).exists():
+                        epath.Path(logdir / f).copy(workdir / f, overwrite=True)
 
 
-def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
-    mesh_lib.maybe_initialize_distributed()
+def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
     t_start, cpu_start = time.time(), time.process_time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
@@ -160,16 +187,16 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
         state = restored[0]
         log.info("resumed from step %d (%s)", int(state.step), ckpt_dir)
     start, total = int(state.step), config.train.steps
-    position = int(state.data_position)  # a host copy: reading the state's would wait
-    writer = MetricWriter(workdir)
+    feed = _feed(config, data, run_, manager, int(state.data_position))
+    writer = MetricWriter(log_dir(workdir))
     bar = _progress(total, start, config.train.progress)
     checks = _LateCheck(writer, bar, config.train.log_every, total, manager, ckpt_dir)
+    step_fn = _aligned_start(run_, state, feed, start)
     try:
         for step in range(start, total):
-            local = data.train.batch(position)
-            batch = mesh_lib.global_batch(local, run_.mesh, accum=config.train.grad_accum)
-            state, metrics = run_.step_fn(state, run_.teacher_params, batch)  # async
-            position, done = position + 1, step + 1
+            batch = feed.take()  # on the device already (prefetched during the last step)
+            state, metrics = step_fn(state, run_.teacher_params, batch)  # async
+            done = step + 1
             checks.push(done, metrics)  # checks the previous step's, ready by now
             evaluate_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
             preempted = (manager.reached_preemption(done) if jax.process_count() > 1
@@ -179,16 +206,19 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
                 checks.flush()  # this state's own metrics, before it is used
             if evaluate_now:
                 _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
-            if save_now:
-                ckpt_lib.save(manager, done, state, meta)
+            if save_now:  # the iterator has served exactly the batches trained so far
+                ckpt_lib.save(manager, done, state, meta, data=feed.iterator)
                 log.info("checkpoint: step %d -> %s", done, ckpt_dir)
             if bar is not None:
                 bar.update(1)
             if preempted:
                 raise Preempted(done, ckpt_dir)
+            if done < total:
+                feed.prefetch()  # built and transferred while this step runs
         checks.flush()
     finally:
         manager.wait_until_finished()
+        feed.close()
         if bar is not None:
             bar.close()
     final_eval = evaluate_lib.evaluate(run_, state, data)
@@ -196,6 +226,30 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start,
                    time.process_time() - cpu_start)
+
+
+def _aligned_start(run_, state, feed: feed_lib.Feed, start: int):
+    """The step function; multi-host: compiled here, then every process waits for the others,
+    so all enter the first step together (a slow compile on one host would otherwise leave
+    the others waiting in its first collective, past gloo's 30 s on CPU hosts)."""
+    if jax.process_count() == 1:
+        return run_.step_fn
+    feed.prefetch()
+    compiled = run_.step_fn.lower(state, run_.teacher_params, feed.peek()).compile()
+    mesh_lib.sync_hosts(f"prune_ofa_jax_loop_start_{start}")
+    return compiled
+
+
+def _feed(config, data, run_, manager, position: int) -> feed_lib.Feed:
+    """The input iterator at the run's data position (its saved state when resuming)."""
+    it = feed_lib.host_iterator(data.train, position, config.data.worker_count,
+                                config.data.prefetch)
+    step = manager.latest_step()
+    if step is not None and not ckpt_lib.restore_data(manager, step, it) and position \
+            and not isinstance(it, feed_lib.RandomAccess):
+        raise ValueError(f"checkpoint step {step} has no input state to resume the stream "
+                         "from; use a fresh --workdir")
+    return feed_lib.Feed(it, run_.mesh, config.train.grad_accum)
 
 
 class _LateCheck:
@@ -237,10 +291,10 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
 
 def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
-    params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
+    params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
                             overwrite=True)
-    stats = masks_lib.sparsity_report(params, state.masks)
+    stats = masks_lib.sparsity_report(params, mesh_lib.to_host(state.masks))
     report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
                            "cpu_time_s": round(cpu, 2),  # this process, all threads

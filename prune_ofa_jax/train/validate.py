@@ -45,6 +45,13 @@ def validate(c) -> None:
            f"{c.optim.warmup_fraction} must be in [0, 1)")
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     _check(c.data.seq_len >= 8, "data.seq_len", f"must be >= 8, got {c.data.seq_len}")
+    _check(not c.data.prepared or c.data.kind == "text", "data.prepared",
+           f"a prepared corpus is pre-training text; data.kind is {c.data.kind!r}")
+    _check(not (c.data.prepared and c.data.whole_word_mask), "data.whole_word_mask",
+           "whole-word masking is not vectorised for data.prepared yet; set it False")
+    _check(c.data.worker_count >= 0 and c.data.prefetch >= 1, "data.worker_count",
+           f"need worker_count >= 0 and data.prefetch >= 1, got {c.data.worker_count}, "
+           f"{c.data.prefetch}")
     _check(0 < c.data.max_predictions <= c.data.seq_len, "data.max_predictions",
            f"{c.data.max_predictions} must be in (0, data.seq_len]")
     _check(c.distill.kd_weight >= 0 and c.distill.task_weight >= 0, "distill.kd_weight",
