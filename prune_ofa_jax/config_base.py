@@ -56,6 +56,7 @@ def base() -> ml_collections.ConfigDict:
     c.augment.kinds = ()              # any of swap, delete, contextual, mixup
     c.augment.fraction = 0.5          # share of each batch that is augmented rows
     c.augment.copies = 1              # offline augmented copies of each training row
+    c.augment.pool_rows = 0           # > 0: augment only this many rows (a seeded subset)
     c.augment.rate = 0.15             # share of words swapped / deleted / substituted
     c.augment.mlm_path = ""           # contextual: a masked-LM checkpoint (e.g. teacher prep)
     c.augment.mlm_top_k = 20          # contextual: sample among the MLM's top k words

@@ -67,11 +67,12 @@ def test_augmentation_is_seeded_and_keeps_rows_and_labels_valid(mrpc, tiny_ckpts
     np.testing.assert_array_equal(a["attention_mask"], arrays["attention_mask"])
 
     class Cfg:  # the config.augment fields the dataset reads
-        kinds, copies, rate, mlm_path, mlm_top_k, fraction, mixup_alpha = (
-            ("swap", "contextual", "mixup"), 2, 0.2, tiny_ckpts["bert"], 5, 0.5, 0.4)
+        kinds, copies, pool_rows, rate, mlm_path, mlm_top_k, fraction, mixup_alpha = (
+            ("swap", "contextual", "mixup"), 2, 10, 0.2, tiny_ckpts["bert"], 5, 0.5, 0.4)
     data = augmented.AugmentedDataset(ds, tok, Cfg, seed=1)
     again = augmented.AugmentedDataset(ds, tok, Cfg, seed=1)
-    assert len(data.pool["source"]) == 2 * ds.num_rows and data.steps_per_epoch == 6
+    assert len(data.pool["source"]) == 2 * 10 and data.steps_per_epoch == 6
+    assert len(set(data.pool["source"][:10]) | set(data.pool["source"][10:])) > 10
     for step in (0, 7):
         batch = data.batch(step)
         jax.tree.map(np.testing.assert_array_equal, batch, again.batch(step))

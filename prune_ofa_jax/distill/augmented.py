@@ -43,8 +43,9 @@ def check(c) -> None:
         _fail("augment.fraction", f"{a.fraction} must be in (0, 1)")
     if not 0 < a.rate < 1:
         _fail("augment.rate", f"{a.rate} must be in (0, 1)")
-    if a.copies < 1:
-        _fail("augment.copies", f"must be >= 1, got {a.copies}")
+    if a.copies < 1 or a.pool_rows < 0:
+        _fail("augment.copies", f"copies must be >= 1 and pool_rows >= 0, got {a.copies}, "
+              f"{a.pool_rows}")
     if "contextual" in a.kinds and not a.mlm_path:
         _fail("augment.mlm_path", "contextual substitution needs a masked-LM checkpoint (e.g. "
               "the teacher-preparation run's model/)")
@@ -64,21 +65,27 @@ def _load_mlm(path: str):
 
 
 def build_pool(arrays: dict, tok, a, seed: int) -> dict:
-    """The offline pool: `a.copies` augmented copies of each row (one offline kind per copy
-    and row, drawn with the seed), plus `source` (the original row index)."""
+    """The offline pool: `a.copies` augmented copies of each row (or of a seeded subset of
+    `a.pool_rows` rows), one offline kind per copy and row drawn with the seed, plus
+    `source` (the original row index)."""
     vocab = augment.Vocab.from_tokenizer(tok)
     kinds = [k for k in a.kinds if k in augment.OFFLINE]
-    n = len(arrays["input_ids"])
+    n_all = len(arrays["input_ids"])
     parts, sources = [], []
     mlm = _load_mlm(a.mlm_path) if "contextual" in kinds else None
     for copy in range(a.copies):
+        src = np.arange(n_all)
+        if 0 < a.pool_rows < n_all:
+            src = np.sort(np.random.default_rng([seed, 19, copy]).permutation(n_all)[
+                :a.pool_rows])
+        n = len(src)
         pick = np.random.default_rng([seed, 17, copy]).integers(len(kinds), size=n)
-        out = {k: np.asarray(arrays[k], np.int64).copy() for k in COLUMNS}
+        out = {k: np.asarray(arrays[k], np.int64)[src].copy() for k in COLUMNS}
         for i, kind in enumerate(kinds):
             rows = np.flatnonzero(pick == i)
             if rows.size == 0:
                 continue
-            sub = {k: np.asarray(arrays[k])[rows] for k in COLUMNS}
+            sub = {k: out[k][rows] for k in COLUMNS}
             s = seed * 1009 + copy * 31 + i
             if kind == "contextual":
                 res = augment.contextual_rows(sub, mlm[0], mlm[1], a.rate, s, vocab,
@@ -88,7 +95,7 @@ def build_pool(arrays: dict, tok, a, seed: int) -> dict:
             for k in COLUMNS:
                 out[k][rows] = res[k]
         parts.append(out)
-        sources.append(np.arange(n))
+        sources.append(src)
     pool = {k: np.concatenate([p[k] for p in parts]) for k in COLUMNS}
     pool["source"] = np.concatenate(sources)
     return pool

@@ -22,9 +22,11 @@ from prune_ofa_jax.distill import pipelines, student
 
 log = logging.getLogger(__name__)
 
-# task -> (metric that scores a run, label); the data sizes live in settings().tasks.
-METRIC = {"sst2": ("accuracy", "SST-2 acc"), "mrpc": ("f1", "MRPC F1"),
-          "tweets": ("f1", "Tweets F1")}
+# task -> (dev metrics whose mean scores a run, label); the data sizes live in settings().
+# MRPC: the mean of F1 and accuracy (GLUE's pair), since F1 alone rewards the majority class
+# (68 % positive: predicting "paraphrase" everywhere scores F1 81).
+METRIC = {"sst2": (("accuracy",), "SST-2 acc"), "mrpc": (("f1", "accuracy"), "MRPC F1/acc"),
+          "tweets": (("f1",), "Tweets F1")}
 
 
 def settings(size: str = "") -> ml_collections.ConfigDict:
@@ -39,10 +41,10 @@ def settings(size: str = "") -> ml_collections.ConfigDict:
     p.eval_batch_size = 128
     p.student_layers = (1, 3, 5)
     p.batch_size = 16             # student runs (augmentation doubles it, as Distiller)
-    p.steps = 150
+    p.steps = 100
     p.lr = 1e-4
-    p.critic_lr_scale = 1.0
-    p.teacher_batch_size = 32
+    p.critic_lr_scale = 10.0       # fresh critics learn within a 100-step run (see README)
+    p.teacher_batch_size = 16
     p.teacher_steps = 200
     p.teacher_lr = 1e-4
     p.mlm_steps = 100             # MLM head for contextual augmentation (teacher prep)
@@ -119,6 +121,8 @@ def student_config(p, task: str, pipe: dict, seed: int, dirs: dict):
     c.distill.critic_lr_scale = p.critic_lr_scale
     _small(c, p, seed=seed, seq_len=p.tasks[task].seq_len, batch=p.batch_size, steps=p.steps)
     pipelines.apply(c, pipe, str(dirs.get("mlm", "")))
+    if c.augment.kinds:  # augment only the rows one pass of the run draws (the MLM is slow)
+        c.augment.pool_rows = p.steps * c.train.batch_size // 2
     return c
 
 
@@ -156,4 +160,4 @@ def prepare(p, root: pathlib.Path, task: str, need_mlm: bool = True) -> dict:
 
 
 def score(task: str, report: dict) -> float:
-    return float(report["eval"][METRIC[task][0]])
+    return float(sum(report["eval"][k] for k in METRIC[task][0]) / len(METRIC[task][0]))
