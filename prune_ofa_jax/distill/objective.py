@@ -74,10 +74,10 @@ def _pair_term(spec, params, h_s, h_t, mask, s: int, t: int):
 def loss(spec: spec_lib.Spec, params, s_out: dict, t_out: dict, mask):
     """(spec.intermediate_weight * hidden term + spec.attention_weight * attention KL, terms)."""
     total, terms = jnp.zeros((), jnp.float32), {}
-    n_s, n_t = len(s_out.get("hidden_states", (0,))) - 1, len(t_out.get("hidden_states", (0,))) - 1
     params = params or {}
     if spec.hidden:
-        hs, ht = s_out["hidden_states"], t_out["hidden_states"]
+        hs, ht = s_out["hidden_states"], t_out["hidden_states"]  # embeddings + one per layer
+        n_s, n_t = len(hs) - 1, len(ht) - 1
         pairs = layer_pairs(spec, n_s, n_t)
         results = [_pair_term(spec, params, hs[s + 1], ht[t + 1], mask, s, t) for s, t in pairs]
         costs = jnp.stack([r[0] for r in results])
