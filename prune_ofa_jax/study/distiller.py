@@ -97,11 +97,13 @@ def run(p, workdir) -> dict:
         prepared = {t: runs.prepare(p, root, t) for t in p.tasks}
         metas = {t: autodistiller.task_meta(p, t, prepared[t], root) for t in p.tasks}
         rows = fixed_rows(p, root, prepared, metas) + searched_rows(p, root, prepared, metas)
-        picked, picks = picked_rows(p, root, prepared, metas, rows)
-        rows += picked
+        picks, loto = {}, {}
+        if len(p.tasks) > 1:  # AutoDistiller is fitted on the other tasks' rows
+            loto = autodistiller.leave_one_task_out(rows)
+            picked, picks = picked_rows(p, root, prepared, metas, rows)
+            rows += picked
         search.write_table(rows, root, "meta_table")
-        summary = report.summarise(p, rows, picks, prepared, autodistiller.leave_one_task_out(
-            [r for r in rows if r["source"] != "autodistiller"]))
+        summary = report.summarise(p, rows, picks, prepared, loto)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     summary["run_wall_time_s"] = round(sum(r["wall_s"] for r in rows) + sum(
         prepared[t]["teacher_report"]["wall_time_s"] for t in p.tasks), 1)

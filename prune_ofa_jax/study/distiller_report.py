@@ -20,7 +20,7 @@ BEGIN, END = "<!-- distiller:begin -->", "<!-- distiller:end -->"
 def summarise(p, rows: list, picks: dict, prepared: dict, loto: dict) -> dict:
     tasks = list(p.tasks)
     table = []
-    for row in tuple(p.rows) + ("autodistiller",):
+    for row in tuple(p.rows) + (("autodistiller",) if picks else ()):
         out = {"row": row, "label": LABELS[row], "tasks": {}}
         for task in tasks:
             mine = sorted((r for r in rows if r["source"] == row and r["task"] == task),
@@ -62,6 +62,8 @@ def markdown(summary: dict) -> str:
               f"{summary['settings']['steps']} steps of {summary['settings']['batch_size']} "
               "rows (augmentation: + as many augmented rows). "
               f"Whole study: {summary.get('wall_time_s', 0) / 60:.1f} min.", ""]
+    if not summary["picks"]:
+        return "\n".join(lines) + "\n"
     lines.append("AutoDistiller (fitted on the other tasks' rows only):")
     lines.append("")
     lines.append("| task | its pick | leave-one-task-out: Spearman | pick's ratio | best | mean |")
