@@ -41,19 +41,20 @@ def settings(size: str = "") -> ml_collections.ConfigDict:
     p.eval_batch_size = 128
     p.student_layers = (1, 3, 5)
     p.batch_size = 16             # student runs (augmentation doubles it, as Distiller)
-    p.steps = 100
+    p.steps = 80
     p.lr = 1e-4
     p.critic_lr_scale = 10.0       # fresh critics learn within a 100-step run (see README)
     p.teacher_batch_size = 16
-    p.teacher_steps = 200
+    p.teacher_steps = 150
     p.teacher_lr = 1e-4
     p.mlm_steps = 100             # MLM head for contextual augmentation (teacher prep)
     p.mlm_lr = 2e-4
-    p.mlm_seq_len = 64
+    p.mlm_seq_len = 48
     p.text_files = ("wikitext2/valid.txt", "text_state_union/*.txt")
     p.tasks = ml_collections.ConfigDict({
-        "sst2": dict(kind="glue", seq_len=48, train_subset=6000, eval_subset=0),
-        "mrpc": dict(kind="glue", seq_len=80, train_subset=0, eval_subset=0),
+        # seq_len cuts the tail of 9 % of the SST-2 dev rows, 20 % of MRPC's, 13 % of tweets
+        "sst2": dict(kind="glue", seq_len=40, train_subset=6000, eval_subset=0),
+        "mrpc": dict(kind="glue", seq_len=64, train_subset=0, eval_subset=0),
         "tweets": dict(kind="tweets", seq_len=48, train_subset=0, eval_subset=0),
     })
     if size == "test":  # for a tiny 2-layer base model (the tests'); MiniLM works too

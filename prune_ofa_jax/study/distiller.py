@@ -77,6 +77,11 @@ def picked_rows(p, root, prepared, metas, table) -> tuple:
         _say(f"AutoDistiller's pick for {task} (fitted on the other tasks): {pipe} "
              f"(predicted {pred:.3f} of the teacher)")
         for seed in p.seeds:
+            same = [r for r in table if r["task"] == task and r["seed"] == seed
+                    and pipelines.key(autodistiller.pipe_of(r)) == pipelines.key(pipe)]
+            if same:  # the pick is a pipeline this seed already ran: reuse that run
+                out.append({**same[0], "source": "autodistiller"})
+                continue
             name = f"{task}_autodistiller_s{seed}"
             cfg = runs.student_config(p, task, pipe, seed, prepared[task])
             rep = runs.run_once(cfg, root / name, name)
