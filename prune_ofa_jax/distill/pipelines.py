@@ -54,6 +54,8 @@ def sample(rng: np.random.Generator) -> dict:
 def canonical(pipe: dict) -> dict:
     """Unused knobs set to their BASE values, so equal pipelines compare equal."""
     pipe = {**BASE, **pipe}
+    if pipe["logit_loss"] == "mse":  # MSE between logits has no temperature
+        pipe["temperature"] = BASE["temperature"]
     if pipe["intermediate"] != "mi_alpha":
         pipe["mi_alpha"] = BASE["mi_alpha"]
     if pipe["intermediate"] == "none":

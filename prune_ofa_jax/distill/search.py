@@ -20,6 +20,7 @@ import json
 import logging
 import pathlib
 import time
+import zlib
 
 import numpy as np
 
@@ -29,9 +30,10 @@ from prune_ofa_jax.distill import autodistiller, pipelines, runs
 log = logging.getLogger(__name__)
 
 
-def draw(budget: int, seed: int) -> list:
-    """`budget` distinct pipelines, the same list (prefix) for the same seed."""
-    rng = np.random.default_rng([seed, 2021])
+def draw(budget: int, seed: int, task: str = "") -> list:
+    """`budget` distinct pipelines, the same list (prefix) for the same seed and task (each
+    task draws its own, so searches of several tasks cover more of the space)."""
+    rng = np.random.default_rng([seed, 2021, zlib.crc32(task.encode())])
     out, seen = [], set()
     for _ in range(100 * budget):
         if len(out) == budget:
@@ -96,7 +98,7 @@ def search(p, task: str, budget: int, root: pathlib.Path, seed: int = 0, dirs=No
     dirs = dirs or runs.prepare(p, root, task)
     meta = meta or autodistiller.task_meta(p, task, dirs, root)
     rows = []
-    for i, pipe in enumerate(draw(budget, seed)):
+    for i, pipe in enumerate(draw(budget, seed, task)):
         name = f"{task}_search{i:03d}_s{seed}"
         cfg = runs.student_config(p, task, pipe, seed, dirs)
         report = runs.run_once(cfg, runs_root / name, f"search {i + 1}/{budget} {task}")
