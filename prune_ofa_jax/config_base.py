@@ -39,6 +39,28 @@ def base() -> ml_collections.ConfigDict:
     c.distill.mlm_positions_only = config_dict.placeholder(bool)  # True: vocab projection +
     #                                 KD at masked positions only; False: KD on every token
     c.distill.fused_chunk = 32        # all-token MLM KD, fused: positions per chunk; 0 = naive
+    # Distiller (distill/spec.py): the logit loss and the intermediate-representation terms.
+    c.distill.logit_loss = "kl"       # kl | soft_ce (same gradient) | mse (task cls only)
+    c.distill.intermediate = ""       # "" | mi_alpha | infonce | nwj | tuba | mse | cosine | pkd
+    c.distill.intermediate_weight = 1.0
+    c.distill.mi_alpha = 0.9          # MI-alpha mixture: 1 = InfoNCE, 0 = TUBA (Distiller: 0.9)
+    c.distill.layer_map = "skip"      # skip | last | emd (many-to-many, earth mover's plan)
+    c.distill.attention_weight = 0.0  # > 0: + attention-map KL over the skip/last map
+    c.distill.critic = "mlp"          # MI critics: mlp (pooled) | encoder (1 transformer layer)
+    c.distill.critic_hidden = 256
+    c.distill.critic_dim = 64         # critic embedding width (L2-normalised)
+    c.distill.critic_lr_scale = 1.0   # critics' LR = this x the student's schedule
+
+    # Augmentation of classification data (distill/augment.py); off when kinds is empty.
+    c.augment = ml_collections.ConfigDict()
+    c.augment.kinds = ()              # any of swap, delete, contextual, mixup
+    c.augment.fraction = 0.5          # share of each batch that is augmented rows
+    c.augment.copies = 1              # offline augmented copies of each training row
+    c.augment.pool_rows = 0           # > 0: augment only this many rows (a seeded subset)
+    c.augment.rate = 0.15             # share of words swapped / deleted / substituted
+    c.augment.mlm_path = ""           # contextual: a masked-LM checkpoint (e.g. teacher prep)
+    c.augment.mlm_top_k = 20          # contextual: sample among the MLM's top k words
+    c.augment.mixup_alpha = 0.4       # mixup: lambda ~ Beta(alpha, alpha) per row
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "text"              # text | glue | squad | tweets

@@ -40,6 +40,22 @@ def layer_map(num_student: int, num_teacher: int,
     return tuple(enumerate(targets))
 
 
+STRATEGIES = ("skip", "last")
+
+
+def strategy_map(num_student: int, num_teacher: int, strategy: str) -> LayerMap:
+    """Distiller's one-to-one maps, 0-based: "skip" = student layer j -> teacher layer
+    floor((j + 1) * N / M) - 1 (1-based: i -> floor(i * N / M)), the uniform map above;
+    "last" = the top M teacher layers in order (j -> N - M + j)."""
+    if strategy == "skip":
+        return layer_map(num_student, num_teacher)
+    if strategy == "last":
+        return layer_map(num_student, num_teacher,
+                         [num_teacher - num_student + j for j in range(num_student)])
+    raise ValueError(f"unknown layer map strategy {strategy!r}; one of {STRATEGIES} (or emd, "
+                     "see distill/emd.py)")
+
+
 def _token_weights(mask: Optional[Array]) -> Optional[Array]:
     return None if mask is None else jnp.asarray(mask, jnp.float32)
 
@@ -63,6 +79,18 @@ def hidden_cosine(student: Array, teacher: Array, mask: Optional[Array] = None,
     norms = jnp.linalg.norm(student, axis=-1) * jnp.linalg.norm(teacher, axis=-1)
     cos = dot / jnp.maximum(norms, eps)
     return reduction.weighted_mean(1.0 - cos, _token_weights(mask))
+
+
+def hidden_pkd(student: Array, teacher: Array, mask: Optional[Array] = None) -> Array:
+    """BERT-PKD's normalised MSE on the first token: mean over the batch of
+    ||s / |s| - t / |t| ||^2 (summed over features). `mask` is unused (position 0 is real)."""
+    del mask
+    teacher = jax.lax.stop_gradient(jnp.asarray(teacher, jnp.float32))
+    student = jnp.asarray(student, jnp.float32)
+    if student.ndim == 3:
+        student, teacher = student[:, 0], teacher[:, 0]
+    unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    return jnp.mean(jnp.sum(jnp.square(unit(student) - unit(teacher)), -1))
 
 
 def _check_attn(student: Array, teacher: Array) -> None:
@@ -106,12 +134,12 @@ def hidden_loss(student_states: Sequence[Array], teacher_states: Sequence[Array]
                 mapping: LayerMap, mask: Optional[Array] = None, kind: str = "mse",
                 project: Optional[Callable[[Array], Array]] = None,
                 include_embeddings: bool = False) -> Array:
-    """Mean over mapped layers of `hidden_mse` or `hidden_cosine`.
+    """Mean over mapped layers of `hidden_mse`, `hidden_cosine` or `hidden_pkd`.
 
     `project` (e.g. `lambda h: proj.apply(proj_params, h)`) maps student width to teacher
     width when they differ; `include_embeddings` adds the embeddings-output pair (0, 0).
     """
-    fn = {"mse": hidden_mse, "cosine": hidden_cosine}[kind]
+    fn = HIDDEN_TERMS[kind]
     pairs = [(s + 1, t + 1) for s, t in mapping]
     if include_embeddings:
         pairs = [(0, 0)] + pairs
@@ -129,6 +157,9 @@ def attention_loss(student_attn: Sequence[Array], teacher_attn: Sequence[Array],
     fn = {"kl": attention_kl, "mse": attention_mse}[kind]
     return jnp.mean(jnp.stack([fn(student_attn[s], teacher_attn[t], mask)
                                for s, t in mapping]))
+
+
+HIDDEN_TERMS = {"mse": hidden_mse, "cosine": hidden_cosine, "pkd": hidden_pkd}
 
 
 class HiddenProjection(nn.Module):

@@ -62,16 +62,53 @@ def kd_multi(student: Mapping[str, Array], teacher: Mapping[str, Array],
     return jnp.asarray(total, jnp.float32), parts
 
 
+def nll(logits: Array, labels: Array) -> Array:
+    """Per-position negative log-likelihood of integer `labels` (clipped into range)."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
+    safe = jnp.clip(labels.astype(jnp.int32), 0, logits.shape[-1] - 1)
+    return -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+
+
 def xent(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:
     """Mean (over weighted positions) cross-entropy of integer `labels` under `logits`.
 
     Works for MLM ([B, P, V] logits, masked_lm_ids, masked_lm_weights) and classification
     ([B, C], [B]). Labels at weight-0 positions may be anything (e.g. -100 or padding).
     """
-    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), -1)
-    safe = jnp.clip(labels.astype(jnp.int32), 0, logits.shape[-1] - 1)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    return weighted_mean(nll, weights)
+    return weighted_mean(nll(logits, labels), weights)
+
+
+def mixed_xent(logits: Array, labels: Array, mix_labels: Array, lam: Array,
+               weights: Optional[Array] = None) -> Array:
+    """Cross-entropy to the soft label lam * onehot(labels) + (1 - lam) * onehot(mix_labels)
+    (mixup), per row, then the weighted mean."""
+    lam = jnp.asarray(lam, jnp.float32)
+    per_row = lam * nll(logits, labels) + (1 - lam) * nll(logits, mix_labels)
+    return weighted_mean(per_row, weights)
+
+
+def kd_soft_ce(student_logits: Array, teacher_logits: Array, temperature: float = 2.0,
+               weights: Optional[Array] = None) -> Array:
+    """`T^2 * mean_w CE(softmax(t/T), softmax(s/T))`: KD-KL plus the teacher's entropy (a
+    constant), so the same gradient; the value is Distiller's / TextBrewer's `kd_ce_loss`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher = jax.lax.stop_gradient(jnp.asarray(teacher_logits, jnp.float32))
+    log_ps = jax.nn.log_softmax(jnp.asarray(student_logits, jnp.float32) / temperature, -1)
+    pt = jax.nn.softmax(teacher / temperature, -1)
+    return temperature**2 * weighted_mean(-jnp.sum(pt * log_ps, -1), weights)
+
+
+def kd_logits(kind: str, student_logits: Array, teacher_logits: Array, temperature: float,
+              weights: Optional[Array] = None) -> Array:
+    """Logit KD by name: "kl" (kd_kl), "soft_ce" (kd_soft_ce) or "mse" (between logits)."""
+    if kind == "kl":
+        return kd_kl(student_logits, teacher_logits, temperature, weights)
+    if kind == "soft_ce":
+        return kd_soft_ce(student_logits, teacher_logits, temperature, weights)
+    if kind == "mse":
+        return mse(student_logits, jax.lax.stop_gradient(teacher_logits), weights)
+    raise ValueError(f"unknown logit KD loss {kind!r}; kl, soft_ce or mse")
 
 
 def accuracy(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:

@@ -48,10 +48,11 @@ class Backbone(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool,
+                 mix=None):
         cfg = self.config
         x, word_table = layers.Embeddings(cfg, self.embedding_quant, name="embeddings")(
-            input_ids, token_type_ids, deterministic)
+            input_ids, token_type_ids, deterministic, mix)
         bias = layers.attention_bias(attention_mask, input_ids.shape)
         x, hidden_states, attentions = layers.Encoder(
             cfg, self.dense_injector, self.remat, name="encoder")(x, bias, deterministic)
@@ -86,14 +87,18 @@ class BertFamily(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
                  masked_positions=None, deterministic: bool = True,
                  output_hidden_states: bool = False, output_attentions: bool = False,
-                 mlm_hidden: bool = False):
+                 mlm_hidden: bool = False, mix_ids=None, mix_lambda=None):
         """`masked_positions` [B, P]: MLM logits only there. `mlm_hidden`: no MLM logits at
         all; "mlm_hidden" [B, L, H], "mlm_table" and "mlm_bias" (the tied decoder's inputs)
-        instead, for a loss that projects chunk by chunk (distill/fused_mlm.py)."""
+        instead, for a loss that projects chunk by chunk (distill/fused_mlm.py).
+        `mix_ids` [B, L] and `mix_lambda` [B]: word-embedding mixup with those rows
+        (distill/augment.py)."""
         cfg, task, inj = self.config, self.task, self.dense_injector
+        mix = None if mix_ids is None else (mix_ids, mix_lambda)
         enc, word_table = Backbone(cfg, has_pooler(cfg, task), inj, self.embedding_quant,
                                    self.remat, name="backbone")(
-                                       input_ids, attention_mask, token_type_ids, deterministic)
+                                       input_ids, attention_mask, token_type_ids, deterministic,
+                                       mix)
         hidden = enc["last_hidden_state"]
         out = {"last_hidden_state": hidden}
         if "pooler_output" in enc and task == "base":

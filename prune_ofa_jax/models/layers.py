@@ -104,13 +104,19 @@ class Embeddings(nn.Module):
     embedding_quant: Optional[Callable] = None
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, mix=None):
+        """`mix` = (mix_ids [B, L], mix_lambda [B]): embedding mixup, the word embeddings
+        become lambda * E[input_ids] + (1 - lambda) * E[mix_ids] (positions and token types
+        stay the row's own)."""
         cfg = self.config
         word_table = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"),
                            cfg.initializer_range, self.embedding_quant, name="word_embeddings")()
         pos_table = Embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"),
                           cfg.initializer_range, self.embedding_quant, name="position_embeddings")()
         x = jnp.take(word_table, input_ids, axis=0)
+        if mix is not None:
+            lam = jnp.asarray(mix[1], x.dtype)[:, None, None]
+            x = lam * x + (1 - lam) * jnp.take(word_table, mix[0], axis=0)
         if cfg.has_token_types:
             tt_table = Embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
                              cfg.initializer_range, self.embedding_quant,

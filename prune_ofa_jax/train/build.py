@@ -18,6 +18,8 @@ from etils import epath
 from prune_ofa_jax import presets
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.distill import objective as distill_objective
+from prune_ofa_jax.distill import spec as distill_spec
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.parallel import mesh as mesh_lib
@@ -139,8 +141,10 @@ def aux_parts(config, params, param_shardings, lr_fn) -> dict:
     """The run's trainable extras beside the model (train/aux.py), name -> aux.Part: each
     feature that trains something of its own (learned-mask scores, MI critics) adds its part
     here. A plain run has none."""
-    del config, params, param_shardings, lr_fn
-    return {}
+    del param_shardings
+    parts = {}
+    parts.update(distill_objective.aux_part(config, params, lr_fn))  # MI critics, projections
+    return parts
 
 
 def step_config(config, mesh=None) -> steps.StepConfig:
@@ -151,7 +155,8 @@ def step_config(config, mesh=None) -> steps.StepConfig:
         task_weight=kd.task_weight if kd.kd_weight > 0 else 1.0, kd_weight=kd.kd_weight,
         temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
         fused_chunk=kd.fused_chunk, batch_shards=shards,
-        regrow=config.sparsity.regrow, qat=config.quant.enabled)
+        regrow=config.sparsity.regrow, qat=config.quant.enabled,
+        distill=distill_spec.Spec.from_config(config))
 
 
 def build(config, mesh=None) -> Run:

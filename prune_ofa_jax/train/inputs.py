@@ -16,6 +16,7 @@ from etils import epath
 from prune_ofa_jax import paths
 from prune_ofa_jax.data import classification, common, glue, pretraining, squad, squad_features, text
 from prune_ofa_jax.data import stream, tokenization, tweets
+from prune_ofa_jax.distill import augmented
 from prune_ofa_jax.eval import glue_metrics, squad_metrics
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,10 @@ def _classification(c, tok) -> Sources:
     train_ex = _subset(train_ex, c.data.train_subset, c.seed)
     dev_ex = _subset(dev_ex, c.data.eval_subset, c.seed)
     kw = dict(max_len=c.data.seq_len, seed=c.seed)
+    train = classification.ClassificationDataset(train_ex, tok, batch_size=c.train.batch_size,
+                                                 **kw)
     return Sources(
-        train=classification.ClassificationDataset(train_ex, tok, batch_size=c.train.batch_size,
-                                                   **kw),
+        train=augmented.wrap(c, train, tok),  # config.augment: + augmented rows
         eval=classification.ClassificationDataset(dev_ex, tok,
                                                   batch_size=c.train.eval_batch_size, **kw),
         metrics=metrics)

@@ -7,6 +7,12 @@ dict (see data/). `model_inputs` decides what the model computes for the masked 
 * otherwise, with a teacher and `fused_chunk > 0`: the reference objective, KD over every
   non-padding token, fused with the CE so no [B, L, V] logits exist (distill/fused_mlm.py);
 * otherwise full [B, L, V] logits (HF's BertForMaskedLM algorithm; naive all-token KD).
+On top of the logits, `cfg.distill` (a distill.spec.Spec) adds the intermediate terms
+(hidden-state distances or MI bounds with critics from the aux slot, attention KL;
+distill/objective.py). Classification batches may carry augmentation keys
+(distill/augment.py): `label_weights` (0 for augmented rows, which learn from the teacher's
+soft labels only) and `mix_ids` / `mix_lambda` / `mix_labels` (embedding mixup, soft-mixed
+hard labels; the teacher sees the same mixed input).
 `loss` is the one entry point the train step calls.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from prune_ofa_jax.distill import fused_mlm, losses
+from prune_ofa_jax.distill import objective as inter_objective
 
 MLM_TASKS = ("pretraining", "mlm")
 
@@ -32,13 +39,36 @@ def model_inputs(cfg, batch: dict) -> dict:
         kwargs["masked_positions"] = batch["masked_lm_positions"]
     if fused(cfg):
         kwargs["mlm_hidden"] = True
+    spec = cfg.distill
+    if spec is not None and spec.hidden:
+        kwargs["output_hidden_states"] = True
+    if spec is not None and spec.attentions:
+        kwargs["output_attentions"] = True
+    if "mix_ids" in batch:  # static: the batch's structure
+        kwargs["mix_ids"], kwargs["mix_lambda"] = batch["mix_ids"], batch["mix_lambda"]
     return kwargs
 
 
-def loss(cfg, out: dict, t_out, batch: dict):
-    """(task_weight * task + kd_weight * KD, metrics) for the student outputs `out` and the
-    teacher's `t_out` (None without distillation)."""
-    if t_out is not None and fused(cfg):
+def loss(cfg, out: dict, t_out, batch: dict, aux=None):
+    """(task_weight * task + kd_weight * KD + intermediate terms, metrics) for the student
+    outputs `out` and the teacher's `t_out` (None without distillation); `aux` is the train
+    state's aux dict (the critics live under distill/objective.py's AUX_NAME)."""
+    total, terms = _logits_loss(cfg, out, t_out, batch)
+    spec = cfg.distill
+    if t_out is not None and spec is not None and (spec.hidden or spec.attentions):
+        extra, extra_terms = inter_objective.loss(
+            spec, (aux or {}).get(inter_objective.AUX_NAME), out, t_out,
+            batch["attention_mask"])
+        total, terms = total + extra, {**terms, **extra_terms}
+    return total, terms
+
+
+def _logit_kind(cfg) -> str:
+    return "kl" if cfg.distill is None else cfg.distill.logit_loss
+
+
+def _logits_loss(cfg, out: dict, t_out, batch: dict):
+    if t_out is not None and fused(cfg):  # KL (soft CE differs by a constant only)
         total, terms = fused_mlm.mlm_kd(out, t_out, batch, task_weight=cfg.task_weight,
                                         kd_weight=cfg.kd_weight, temperature=cfg.temperature,
                                         chunk=cfg.fused_chunk, shards=cfg.batch_shards)
@@ -54,7 +84,7 @@ def loss(cfg, out: dict, t_out, batch: dict):
     total = cfg.task_weight * task
     if t_out is not None:
         kd, kd_terms = kd_loss(cfg.task, cfg.num_labels, out, t_out, batch, cfg.temperature,
-                               gathered)
+                               gathered, _logit_kind(cfg))
         total, terms = total + cfg.kd_weight * kd, {**terms, **kd_terms}
     return total, terms
 
@@ -77,11 +107,7 @@ def task_loss(task: str, num_labels: int, out: dict, batch: dict, gathered: bool
             terms["nsp_loss"] = losses.xent(out["nsp_logits"], batch["next_sentence_labels"])
         return sum(terms.values()), terms
     if task == "cls":
-        if num_labels == 1:
-            loss = losses.mse(out["logits"][:, 0], batch["labels"])
-        else:
-            loss = losses.xent(out["logits"], batch["labels"])
-        return loss, {"cls_loss": loss}
+        return _cls_loss(num_labels, out["logits"], batch)
     if task == "qa":
         loss = 0.5 * (losses.xent(out["start_logits"], batch["start_positions"])
                       + losses.xent(out["end_logits"], batch["end_positions"]))
@@ -89,26 +115,43 @@ def task_loss(task: str, num_labels: int, out: dict, batch: dict, gathered: bool
     raise ValueError(f"unknown task {task!r}")
 
 
+def _cls_loss(num_labels: int, logits, batch: dict):
+    """Hard-label loss of a sentence head; augmented rows (label_weights 0) are left out and
+    mixup rows learn the soft-mixed label."""
+    w, lam = batch.get("label_weights"), batch.get("mix_lambda")
+    if num_labels == 1:
+        target = batch["labels"]
+        if lam is not None:
+            target = lam * target + (1 - lam) * batch["mix_labels"]
+        loss = losses.mse(logits[:, 0], target, w)
+    elif lam is not None:
+        loss = losses.mixed_xent(logits, batch["labels"], batch["mix_labels"], lam, w)
+    else:
+        loss = losses.xent(logits, batch["labels"], w)
+    return loss, {"cls_loss": loss}
+
+
 def kd_loss(task: str, num_labels: int, student: dict, teacher: dict, batch: dict,
-            temperature: float, gathered: bool):
-    """T^2-scaled KL(teacher || student) on every head the task has; MLM logits over
-    non-padding tokens, or over masked positions when the model computed only those."""
+            temperature: float, gathered: bool, kind: str = "kl"):
+    """Logit KD (`kind`: kl = T^2 KL(teacher || student), soft_ce, mse) on every head the task
+    has; MLM logits over non-padding tokens, or over masked positions when the model computed
+    only those. Every row of a classification batch, augmented or not, is distilled."""
+    kd = lambda s, t, w=None: losses.kd_logits(kind, s, t, temperature, w)
     if task in MLM_TASKS:
         s, t = student["mlm_logits"], teacher["mlm_logits"]
         weights = batch["masked_lm_weights"] if gathered else batch["attention_mask"]
-        terms = {"kd_mlm": losses.kd_kl(s, t, temperature, weights)}
+        terms = {"kd_mlm": kd(s, t, weights)}
         if task == "pretraining":
-            terms["kd_nsp"] = losses.kd_kl(student["nsp_logits"], teacher["nsp_logits"],
-                                           temperature)
+            terms["kd_nsp"] = kd(student["nsp_logits"], teacher["nsp_logits"])
         return sum(terms.values()), terms
     if task == "cls":
         if num_labels == 1:
             loss = losses.mse(student["logits"], teacher["logits"])
         else:
-            loss = losses.kd_kl(student["logits"], teacher["logits"], temperature)
+            loss = kd(student["logits"], teacher["logits"])
         return loss, {"kd_cls": loss}
     if task == "qa":
-        loss = 0.5 * (losses.kd_kl(student["start_logits"], teacher["start_logits"], temperature)
-                      + losses.kd_kl(student["end_logits"], teacher["end_logits"], temperature))
+        loss = 0.5 * (kd(student["start_logits"], teacher["start_logits"])
+                      + kd(student["end_logits"], teacher["end_logits"]))
         return loss, {"kd_qa": loss}
     raise ValueError(f"unknown task {task!r}")

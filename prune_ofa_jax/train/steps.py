@@ -45,6 +45,7 @@ class StepConfig:
     batch_shards: int = 1           # devices the batch is split over (the mesh's data x fsdp)
     regrow: bool = False             # False: hard-zero params after every update
     qat: bool = False                # carry/update the "quant_stats" collection
+    distill: Any = None              # distill.spec.Spec: logit-KD kind, intermediate terms
 
 
 def forward(model, params, quant_stats, batch, cfg: StepConfig, *, train: bool, rng=None):
@@ -70,7 +71,7 @@ def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng,
     def loss_fn(p, a):  # a: the state's trainable extras (train/aux.py), {} if none
         out, stats = forward(model, masks_lib.apply_masks(p, masks), quant_stats, batch, cfg,
                              train=True, rng=rng)
-        loss, terms = objectives.loss(cfg, out, t_out, batch)
+        loss, terms = objectives.loss(cfg, out, t_out, batch, a)
         return loss, ({"loss": loss, **terms}, stats)
 
     (_, (terms, stats)), grads = jax.value_and_grad(loss_fn, argnums=(0, 1),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from prune_ofa_jax.distill import augmented
+from prune_ofa_jax.distill import spec as distill_spec
 from prune_ofa_jax.sparsity import patterns
 
 TASKS = ("pretraining", "mlm", "cls", "qa")
@@ -65,6 +67,8 @@ def validate(c) -> None:
            f"{c.model.dtype!r} is not float32 or bfloat16")
     _check(c.task != "pretraining" or c.data.nsp, "data.nsp",
            "task 'pretraining' (MLM+NSP) needs data.nsp=True; use task 'mlm' without NSP")
+    distill_spec.check(c)
+    augmented.check(c)
     sp = c.sparsity
     _check(not (sp.enabled and sp.lock_pattern), "sparsity.lock_pattern",
            "a pruning run (sparsity.enabled) cannot also lock the pattern")

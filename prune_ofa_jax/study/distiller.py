@@ -1,0 +1,160 @@
+"""The Distiller study (He et al. 2021) at a scale two CPU cores can run:
+
+  python -m prune_ofa_jax.study.distiller --workdir /work/runs/distiller [--readme README.md]
+  python -m prune_ofa_jax.study.distiller --workdir DIR --config configs/distiller_study.py:test
+
+Teacher: MiniLM-L6 fine-tuned per task. Student: 3 layers initialised from MiniLM's layers
+{1, 3, 5}. Tasks: SST-2 (a 6,000-row train subset), MRPC, disaster tweets (STS-B and RTE are
+not available offline here). Rows, each for every seed, each adding one thing to the row
+before (distill/pipelines.py FIXED):
+  student     the student fine-tuned alone;
+  logits_kd   + soft-CE KD on the logits (T = 2, 0.5 hard / 0.5 soft);
+  hidden_mse  + hidden-state MSE over the skip map;
+  mi_alpha    MI-alpha (alpha 0.9) instead of the MSE;
+  augment     + contextual augmentation with our masked LM (batch doubled, as Distiller);
+  autodistiller  the pipeline AutoDistiller ranks first for the task, fitted on the other
+              tasks' rows only (the fixed rows and `search_budget` searched pipelines each).
+Every run is an ordinary training run (distill/runs.py) in WORKDIR/<name>; rerunning the
+command skips finished runs. WORKDIR/summary.json, table.md, distiller.png and
+meta_table.csv hold the result; --readme rewrites the README's section and ships the
+meta-table into the package (distill/meta_table.csv).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import time
+
+from prune_ofa_jax import jsonio
+from prune_ofa_jax.distill import autodistiller, pipelines, runs, search
+
+
+
+def _say(msg: str) -> None:
+    print(f"[distiller] {msg}", flush=True)
+
+
+def _check_same_plan(p, path: pathlib.Path) -> None:
+    now = p.to_json(sort_keys=True)
+    if path.exists() and path.read_text() != now:
+        raise ValueError(f"{path.parent} holds a study with other settings ({path}); use "
+                         "another --workdir or the same settings")
+    path.write_text(now)
+
+
+def fixed_rows(p, root, prepared, metas) -> list:
+    out = []
+    for seed in p.seeds:
+        for task in p.tasks:
+            for row in p.rows:
+                pipe = pipelines.FIXED[row]
+                name = f"{task}_{row}_s{seed}"
+                cfg = runs.student_config(p, task, pipe, seed, prepared[task])
+                rep = runs.run_once(cfg, root / name, name)
+                out.append(search.row(task, row, name, seed, pipe, rep,
+                                      prepared[task]["teacher_report"], metas[task]))
+    return out
+
+
+def searched_rows(p, root, prepared, metas) -> list:
+    """`search_budget` pipelines per task (the search CLI's, tables in root/search_<task>)."""
+    out = []
+    for task in p.tasks:
+        if p.search_budget:
+            out += search.search(p, task, p.search_budget, root / f"search_{task}", p.seeds[0],
+                                 dirs=prepared[task], meta=metas[task], runs_root=root)
+    return out
+
+
+def picked_rows(p, root, prepared, metas, table) -> tuple:
+    """AutoDistiller's pick per task (fitted without the task's rows), run with every seed."""
+    out, picks = [], {}
+    for task in p.tasks:
+        pred, pipe = autodistiller.recommend(table, task, metas[task], p.candidates)[0]
+        picks[task] = {"predicted_ratio": pred, "pipeline": pipe}
+        _say(f"AutoDistiller's pick for {task} (fitted on the other tasks): {pipe} "
+             f"(predicted {pred:.3f} of the teacher)")
+        for seed in p.seeds:
+            same = [r for r in table if r["task"] == task and r["seed"] == seed
+                    and pipelines.key(autodistiller.pipe_of(r)) == pipelines.key(pipe)]
+            if same:  # the pick is a pipeline this seed already ran: reuse that run
+                out.append({**same[0], "source": "autodistiller"})
+                continue
+            name = f"{task}_autodistiller_s{seed}"
+            cfg = runs.student_config(p, task, pipe, seed, prepared[task])
+            rep = runs.run_once(cfg, root / name, name)
+            out.append(search.row(task, "autodistiller", name, seed, pipe, rep,
+                                  prepared[task]["teacher_report"], metas[task]))
+    return out, picks
+
+
+def run(p, workdir) -> dict:
+    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.study import distiller_report as report  # pylint: disable=import-outside-toplevel
+    root = pathlib.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    _use_compile_cache(root)
+    _check_same_plan(p, root / "plan.json")
+    t0 = time.time()
+    with logs.to_file(root):
+        prepared = {t: runs.prepare(p, root, t) for t in p.tasks}
+        metas = {t: autodistiller.task_meta(p, t, prepared[t], root) for t in p.tasks}
+        rows = fixed_rows(p, root, prepared, metas) + searched_rows(p, root, prepared, metas)
+        picks, loto = {}, {}
+        if len(p.tasks) > 1:  # AutoDistiller is fitted on the other tasks' rows
+            loto = autodistiller.leave_one_task_out(rows)
+            picked, picks = picked_rows(p, root, prepared, metas, rows)
+            rows += picked
+        search.write_table(rows, root, "meta_table")
+        summary = report.summarise(p, rows, picks, prepared, loto)
+    summary["wall_time_s"] = round(time.time() - t0, 1)
+    summary["run_wall_time_s"] = round(sum(r["wall_s"] for r in rows) + sum(
+        prepared[t]["teacher_report"]["wall_time_s"] for t in p.tasks), 1)
+    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
+    (root / "table.md").write_text(report.markdown(summary))
+    report.plot(summary, root / "distiller.png")
+    print(report.markdown(summary), flush=True)
+    return summary
+
+
+def _use_compile_cache(root: pathlib.Path) -> None:
+    """Rows and seeds share programs: compile each once (unless the user set a cache)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv):
+    del argv
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.study import distiller_report as report  # pylint: disable=import-outside-toplevel
+    f = flags.FLAGS
+    logs.setup_console(verbose=f.verbose)
+    summary = run(f.config, f.workdir)
+    if f.readme:
+        readme = pathlib.Path(f.readme)
+        (readme.parent / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(pathlib.Path(f.workdir) / "distiller.png",
+                        readme.parent / "docs" / "distiller.png")
+        shutil.copyfile(pathlib.Path(f.workdir) / "meta_table.csv", autodistiller.TABLE)
+        report.update_readme(readme, report.readme_section(summary, f.workdir))
+        _say(f"wrote the table and plot into {f.readme}; meta-table -> {autodistiller.TABLE}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from absl import app, flags as _flags  # pylint: disable=ungrouped-imports
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", "configs/distiller_study.py",
+                                    "Study settings (configs/distiller_study.py[:test]).")
+    _flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per run, summary.json, "
+                         "table.md, distiller.png, meta_table.csv.")
+    _flags.DEFINE_string("readme", "", "Rewrite this README's Distiller section (markers).")
+    _flags.DEFINE_bool("verbose", False, "Library INFO on the console too.")
+    _flags.mark_flags_as_required(["workdir"])
+    app.run(main)

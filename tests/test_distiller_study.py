@@ -1,0 +1,67 @@
+"""The Distiller study's :test size end to end (teachers, student init, masked LM, fixed rows,
+the search, AutoDistiller's leave-one-task-out picks, table, plot, meta-table), its rerun
+(every finished run skipped), and the AutoDistiller CLI on the meta-table it wrote."""
+
+import importlib.util
+import json
+
+import pytest
+
+import train_helpers
+from prune_ofa_jax.distill import autodistiller, pipelines
+from prune_ofa_jax.study import distiller, distiller_report
+
+
+def _config():
+    spec = importlib.util.spec_from_file_location(
+        "distiller_study", train_helpers.REPO / "configs" / "distiller_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config("test")
+
+
+def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_data, tmp_path,
+                                                          capsys):
+    del shared_data
+    p = _config()
+    p.base_model = tiny_ckpts["bert"]  # the tiny 2-layer BERT; the student takes layer 1
+    summary = distiller.run(p, tmp_path)
+    tasks = list(p.tasks)
+    assert [r["row"] for r in summary["rows"]] == list(p.rows) + ["autodistiller"]
+    for r in summary["rows"]:
+        for t in tasks:
+            cell = r["tasks"][t]
+            assert len(cell["per_seed"]) == len(p.seeds) and 0 <= cell["mean"] <= 100
+    for t in tasks:
+        pick = summary["picks"][t]["pipeline"]
+        assert pipelines.canonical(pick) == pick
+        loto = summary["leave_one_task_out"][t]
+        assert loto["rows"] == len(p.rows) * len(p.seeds) + p.search_budget
+        assert loto["best_ratio"] >= loto["top_pick_ratio"] - 1e-9
+        best = json.loads((tmp_path / f"search_{t}" / "best_config.json").read_text())
+        assert best["task"] == t and any("distill." in f for f in best["flags"])
+    table = autodistiller.read_table(tmp_path / "meta_table.csv")
+    assert len(table) == len(tasks) * (len(p.rows) * len(p.seeds) + p.search_budget
+                                       + len(p.seeds))
+    assert (tmp_path / "distiller.png").stat().st_size > 1000
+    md = (tmp_path / "table.md").read_text()
+    assert "AutoDistiller's pick" in md and "MRPC F1" in md
+    section = distiller_report.readme_section(summary, tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{distiller_report.BEGIN}\nold\n{distiller_report.END}\n## Layout\n")
+    distiller_report.update_readme(readme, section)
+    assert "old" not in readme.read_text() and "docs/distiller.png" in readme.read_text()
+
+    again = distiller.run(p, tmp_path)   # rerun: everything is done before, nothing trains
+    assert again["rows"] == summary["rows"] and again["wall_time_s"] < summary["wall_time_s"]
+    with pytest.raises(ValueError, match="other settings"):
+        p.steps += 1
+        distiller.run(p, tmp_path)
+
+    capsys.readouterr()
+    autodistiller.main(["recommend", "--task", "mrpc", "--top", "3", "--candidates", "8",
+                        "--table", str(tmp_path / "meta_table.csv")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("1. predicted")
+    autodistiller.main(["evaluate", "--table", str(tmp_path / "meta_table.csv")])
+    assert set(json.loads(capsys.readouterr().out)) == set(tasks)
