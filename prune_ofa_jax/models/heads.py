@@ -125,10 +125,35 @@ def qa_logits(module: nn.Module, hidden, cfg: config_lib.ModelConfig, injector: 
     return out[..., 0], out[..., 1]
 
 
+class LayerMixHead(nn.Module):
+    """Adapting by Pruning's head (Gao et al. 2021): a learned softmax-weighted average of
+    every encoder layer's [CLS] vector, then a 1-hidden-layer MLP (Dense H -> H, tanh,
+    dropout, Dense -> labels). Params: classifier/{layer_weights [L], dense, out_proj}.
+    Uniform weights at init; the embedding output is not mixed in."""
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
+
+    @nn.compact
+    def __call__(self, all_hidden, deterministic: bool):
+        cfg, inj = self.config, self.dense_injector
+        cls = jnp.stack([h[:, 0] for h in all_hidden[1:]]).astype(jnp.float32)  # [L, B, H]
+        w = self.param("layer_weights", nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (None,)), (cls.shape[0],), jnp.float32)
+        x = jnp.einsum("l,lbh->bh", jax.nn.softmax(w), cls)
+        drop = nn.Dropout(cfg.cls_dropout)
+        x = drop(x, deterministic=deterministic)
+        x = jnp.tanh(layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, inj)(x))
+        x = drop(x, deterministic=deterministic)
+        return layers.dense(self, "out_proj", cfg.num_labels, ("mlp", None), cfg, inj)(x)
+
+
 def classifier_logits(module: nn.Module, hidden, pooled, cfg: config_lib.ModelConfig,
-                      injector: Injector, deterministic: bool):
-    """Family-specific classification head, created as child "classifier" of `module`."""
-    if cfg.model_type == "bert":
+                      injector: Injector, deterministic: bool, all_hidden=None):
+    """Family-specific classification head, created as child "classifier" of `module`;
+    `cfg.cls_head == "layer_mix"`: LayerMixHead over `all_hidden` (embeddings + layers)."""
+    if cfg.cls_head == "layer_mix":
+        out = LayerMixHead(cfg, injector, name="classifier")(all_hidden, deterministic)
+    elif cfg.model_type == "bert":
         x = nn.Dropout(cfg.cls_dropout)(pooled, deterministic=deterministic)
         out = layers.dense(module, "classifier", cfg.num_labels, ("embed", None), cfg, injector)(x)
     else:

@@ -32,5 +32,7 @@ def combine(parts: dict, mesh) -> tuple[dict, optax.GradientTransformation, dict
                      else p.shardings) for k, p in parts.items()}
     if not parts:
         return value, optax.identity(), shardings
-    labels = lambda tree: {k: jax.tree.map(lambda _: k, v) for k, v in tree.items()}
+    # Labels as a pytree, not a callable: optax.tree_map_params (the aux optimizer state's
+    # shardings) calls init on a placeholder object that a callable could not walk.
+    labels = {k: jax.tree.map(lambda _, k=k: k, v) for k, v in value.items()}
     return value, optax.multi_transform({k: p.tx for k, p in parts.items()}, labels), shardings
