@@ -26,6 +26,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.cls_head = "default"         # cls task head: default (the family's, as HF) |
     #                                      layer_mix (Adapting by Pruning: softmax-weighted
     #                                      mean of every layer's [CLS] -> 1-hidden-layer MLP)
+    #                                      | layer_mix_mean (mean-pooled tokens, not [CLS])
 
     c.init = ml_collections.ConfigDict()
     c.init.path = ""                  # HF model dir or params checkpoint; "" = random init

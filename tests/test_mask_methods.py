@@ -298,10 +298,10 @@ def _hf_zeros(hf_model) -> int:
 
 
 def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, monkeypatch):
-    """AdaPrune with the layer-mix head through the run loop: the backbone stays bit-identical
-    to the loaded weights; killed at step 7 and resumed from step 4, it ends bit-identical
-    to the straight run (params, scores, masks); the exported HF encoder reloads with exactly
-    the masks' zeros and, with the exported head, gives our logits."""
+    """AdaPrune with the layer-mix head (mean-pooled) through the run loop: the backbone stays
+    bit-identical to the loaded weights; killed at step 7 and resumed from step 4, it ends
+    bit-identical to the straight run (params, scores, masks); the exported HF encoder
+    reloads with exactly the masks' zeros and, with the exported head, gives our logits."""
     import torch
     import transformers
     from prune_ofa_jax.convert import hf as hf_convert
@@ -309,7 +309,7 @@ def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, m
     from prune_ofa_jax.models import bert
     from prune_ofa_jax.train import inputs, loop
     init = tiny_ckpts["bert"]
-    c = _learned_config(init, "adaprune", **{"model.cls_head": "layer_mix"})
+    c = _learned_config(init, "adaprune", **{"model.cls_head": "layer_mix_mean"})
     report = loop.run(c, tmp_path / "straight")
     assert report["sparsity"]["global"] == 0.5  # the stop's exact count, within 8 steps
     real = inputs.make_sources
@@ -345,7 +345,7 @@ def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, m
     with torch.no_grad():
         hidden = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(att),
                     output_hidden_states=True).hidden_states
-    ref = layer_mix.TorchHead(out)(hidden).numpy()
+    ref = layer_mix.TorchHead(out)(hidden, torch.tensor(att)).numpy()
     ours = bert.BertFamily(mcfg, "cls").apply({"params": a}, ids, att)["logits"]
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-5)
 

@@ -46,21 +46,31 @@ def export_hf(params, model_config, out_dir, tokenizer_dir=None, overwrite: bool
     (out / HEAD_CONFIG).write_text(json.dumps({
         "head": "layer_mix", "num_layers": model_config.num_layers,
         "hidden_size": model_config.hidden_size, "num_labels": model_config.num_labels,
-        "mix": "softmax(layer_weights)-weighted mean of hidden_states[1:][:, 0]",
+        "pool": "mean" if model_config.cls_head == "layer_mix_mean" else "cls",
+        "mix": "softmax(layer_weights)-weighted mean over hidden_states[1:] of the pooled "
+               "vector ([CLS], or the mean over non-padding tokens)",
         "mlp": "dense -> tanh -> out_proj"}, indent=2))
     return out
 
 
 class TorchHead:
-    """The exported head in PyTorch: `TorchHead(hf_dir)(hidden_states) -> logits`."""
+    """The exported head in PyTorch: `TorchHead(hf_dir)(hidden_states, attention_mask)`."""
 
     def __init__(self, hf_dir):
         import safetensors.torch  # pylint: disable=import-outside-toplevel
-        self.w = safetensors.torch.load_file(str(pathlib.Path(hf_dir) / HEAD_WEIGHTS))
+        hf_dir = pathlib.Path(hf_dir)
+        self.w = safetensors.torch.load_file(str(hf_dir / HEAD_WEIGHTS))
+        self.pool = json.loads((hf_dir / HEAD_CONFIG).read_text())["pool"]
 
-    def __call__(self, hidden_states):
+    def __call__(self, hidden_states, attention_mask=None):
         import torch  # pylint: disable=import-outside-toplevel
-        cls = torch.stack([h[:, 0] for h in hidden_states[1:]])            # [L, B, H]
-        x = torch.einsum("l,lbh->bh", torch.softmax(self.w["layer_weights"], 0), cls)
+        hs = torch.stack(list(hidden_states[1:]))                         # [L, B, T, H]
+        if self.pool == "mean":
+            m = (torch.ones(hs.shape[1:3]) if attention_mask is None
+                 else attention_mask.float())
+            pooled = torch.einsum("lbth,bt->lbh", hs, m) / m.sum(-1).clamp(min=1)[None, :, None]
+        else:
+            pooled = hs[:, :, 0]
+        x = torch.einsum("l,lbh->bh", torch.softmax(self.w["layer_weights"], 0), pooled)
         x = torch.tanh(x @ self.w["dense.weight"].T + self.w["dense.bias"])
         return x @ self.w["out_proj.weight"].T + self.w["out_proj.bias"]

@@ -33,8 +33,8 @@ def _check_method(c) -> None:
     name, distribution = methods.resolve_name(sp)  # FutureWarning for uniform/global
     _check(distribution in ("uniform", "global"), "sparsity.distribution",
            f"{distribution!r} is not uniform or global")
-    _check(c.model.cls_head in ("default", "layer_mix"), "model.cls_head",
-           f"{c.model.cls_head!r} is not default or layer_mix")
+    _check(c.model.cls_head in ("default", "layer_mix", "layer_mix_mean"), "model.cls_head",
+           f"{c.model.cls_head!r} is not default, layer_mix or layer_mix_mean")
     if name == "magnitude":
         return
     _check(sp.enabled, "sparsity.enabled", f"sparsity.method={name!r} learns masks in a "
