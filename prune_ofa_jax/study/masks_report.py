@@ -158,7 +158,8 @@ def markdown(summary: dict) -> str:
         cells += ["—" if dense else " / ".join(
             f"{summary['scores'][k][t]['sparsity']['mean']:.3f}" for t in tasks) for k in keys]
         paper = [_paper(row, None if dense else s) for s in targets]
-        cells.append(paper[0] if dense else " / ".join(x or "—" for x in paper))
+        cells.append(paper[0] if dense else (" / ".join(x or "—" for x in paper)
+                                             if any(paper) else "—"))
         wall = sum(summary["scores"][k][t]["wall_s"] for k in set(keys) for t in tasks)
         cells.append(f"{wall:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -167,7 +168,11 @@ def markdown(summary: dict) -> str:
               "(MRPC: F1 of the positive class). Sparsity reached: fraction of the covered "
               f"encoder weights pruned at the end, per task ({' / '.join(tasks)}). Paper: Gao "
               "et al. 2021, appendix Table 2, BERT-base dev (@50 % / @90 %). Wall: every run "
-              f"of the row. Whole study: {summary.get('wall_time_s', 0) / 60:.1f} min.", ""]
+              f"of the row. Whole study: {summary.get('wall_time_s', 0) / 60:.1f} min.", "",
+              "The paper's BERT-base dev numbers (STS-B Spearman / SST-2 acc / MNLI acc): "
+              + "; ".join(f"{LABELS[r]}{'' if t is None else f' @{round(100 * t)}%'}: "
+                          + " / ".join(f"{v:.3f}" for v in vals)
+                          for (r, t), vals in PAPER.items()) + ".", ""]
     lines += _jaccard_table(summary) + [""] + _spread_table(summary)
     return "\n".join(lines) + "\n"
 
@@ -242,12 +247,14 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     ax.set_xlabel("encoder layer")
     ax = axes[len(tasks) + 1]
     jac = summary["jaccard"][t_hi]
-    mat = np.array([[1.0 if a == b else np.mean(jac.get(f"{a}|{b}") or jac[f"{b}|{a}"])
+    seeds = summary["seed_jaccard"][t_hi]
+    mat = np.array([[(seeds[a] if seeds[a] is not None else np.nan) if a == b
+                     else np.mean(jac.get(f"{a}|{b}") or jac[f"{b}|{a}"])
                      for b in rows] for a in rows])
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(rows)), rows, rotation=60, fontsize=6)
     ax.set_yticks(range(len(rows)), rows, fontsize=6)
-    ax.set_title(f"kept-set Jaccard @{round(100 * targets[-1])}%")
+    ax.set_title(f"kept-set Jaccard @{round(100 * targets[-1])}% (diag: seeds)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
