@@ -23,6 +23,10 @@ def base() -> ml_collections.ConfigDict:
     c.model.name = "bert-base-uncased"   # used when init.path is empty (random init)
     c.model.overrides = ml_collections.ConfigDict()  # e.g. num_layers=2 for :test
     c.model.dtype = "float32"            # compute dtype; params stay float32
+    c.model.cls_head = "default"         # cls task head: default (the family's, as HF) |
+    #                                      layer_mix (Adapting by Pruning: softmax-weighted
+    #                                      mean of every layer's [CLS] -> 1-hidden-layer MLP)
+    #                                      | layer_mix_mean (mean-pooled tokens, not [CLS])
 
     c.init = ml_collections.ConfigDict()
     c.init.path = ""                  # HF model dir or params checkpoint; "" = random init
@@ -112,12 +116,38 @@ def base() -> ml_collections.ConfigDict:
     c.sparsity.end_step = 500
     c.sparsity.update_every = 100
     c.sparsity.freeze_step = 800
-    c.sparsity.method = "uniform"     # uniform (per tensor, Prune OFA) | global
+    c.sparsity.method = "magnitude"   # magnitude (GMP) | movement_hard | movement_soft |
+    #                                   adaprune | supermask (sparsity/methods/); the old
+    #                                   uniform | global still work (deprecated): magnitude
+    c.sparsity.distribution = "uniform"  # top-k methods: uniform (per tensor, Prune OFA) |
+    #                                   global (one selection over all prunable tensors)
+    c.sparsity.frozen_weights = config_dict.placeholder(bool)  # the backbone never trains,
+    #                                   only heads (and scores) do; None = the method's own
+    #                                   (adaprune, supermask: True; else False). Also for a
+    #                                   dense run: feature extraction
+    c.sparsity.embeddings = False     # coverage: also prune the embedding tables
     c.sparsity.pattern = "unstructured"  # unstructured | "N:M" (e.g. "2:4") | "1xK[:l1|l2]"
     c.sparsity.regrow = config_dict.placeholder(bool)  # False: hard zero (pruned weights
     #                                 stay 0); True: dense latent weights, masks in the forward
     c.sparsity.include = masks_lib.DEFAULT_INCLUDE  # Prune OFA: encoder Linear kernels + pooler
     c.sparsity.exclude = ()
+    # Learned-mask methods (sparsity/methods/*.py; defaults = their papers' settings).
+    c.sparsity.movement = ml_collections.ConfigDict()
+    c.sparsity.movement.lr = 1e-2     # scores' Adam LR (x the run's LR schedule shape)
+    c.sparsity.movement.init = 0.0    # constant initial score
+    c.sparsity.movement.threshold = 0.1  # soft: final threshold on sigmoid(score)
+    c.sparsity.movement.l1 = 400.0    # soft: final L1 weight on mean sigmoid(score)
+    c.sparsity.adaprune = ml_collections.ConfigDict()
+    c.sparsity.adaprune.lr = 2e-5     # alpha: plain SGD on theta
+    c.sparsity.adaprune.gamma = 2e-7  # constant push toward pruning per step
+    c.sparsity.adaprune.t_l = 1e5     # forward mask sigmoid(t_l * theta)
+    c.sparsity.adaprune.t_s = 1.0     # surrogate slope of the backward
+    c.sparsity.adaprune.init_mean = 0.01  # theta0 ~ N(init_mean, init_std^2): starts dense
+    c.sparsity.adaprune.init_std = 0.001
+    c.sparsity.supermask = ml_collections.ConfigDict()
+    c.sparsity.supermask.lr = 1e-3    # scores' Adam LR (x the run's LR schedule shape)
+    c.sparsity.supermask.threshold = 0.01  # mask = 1[score > threshold]
+    c.sparsity.supermask.init_scale = 0.02  # scores ~ threshold + scale * (U[0,1) - target)
 
     c.quant = ml_collections.ConfigDict()
     c.quant.enabled = False           # Q8BERT-style fake-quant QAT

@@ -243,7 +243,12 @@ def hf_config(model_config: config_lib.ModelConfig, task: str) -> Any:
 
 def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_dir,
               tokenizer_dir=None, overwrite: bool = False) -> pathlib.Path:
-    """Writes an HF PyTorch model dir (config.json + model.safetensors [+ tokenizer files])."""
+    """Writes an HF PyTorch model dir (config.json + model.safetensors [+ tokenizer files]).
+    A layer_mix classifier (no HF class has it): the encoder as the family's base model plus
+    the head in its own file (convert/layer_mix.py)."""
+    if task == "cls" and model_config.cls_head != "default":
+        from prune_ofa_jax.convert import layer_mix  # pylint: disable=import-outside-toplevel
+        return layer_mix.export_hf(params, model_config, out_dir, tokenizer_dir, overwrite)
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     out = pathlib.Path(out_dir).absolute()

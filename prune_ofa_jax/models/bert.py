@@ -114,7 +114,8 @@ class BertFamily(nn.Module):
             out["nsp_logits"] = heads.NspHead(cfg, inj, name="nsp_head")(enc["pooler_output"])
         if task == "cls":
             out["logits"] = heads.classifier_logits(
-                self, hidden, enc.get("pooler_output"), cfg, inj, deterministic)
+                self, hidden, enc.get("pooler_output"), cfg, inj, deterministic,
+                all_hidden=enc["hidden_states"], attention_mask=attention_mask)
         if task == "qa":
             out["start_logits"], out["end_logits"] = heads.qa_logits(self, hidden, cfg, inj,
                                                                      deterministic)

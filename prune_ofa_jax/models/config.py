@@ -13,6 +13,7 @@ import transformers
 
 MODEL_TYPES = ("bert", "distilbert", "roberta")
 DTYPES = ("float32", "bfloat16")
+CLS_HEADS = ("default", "layer_mix", "layer_mix_mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,9 @@ class ModelConfig:
     `dtype` is the compute dtype; params are always float32. `num_labels` sizes the
     classification head (1 = regression). `classifier_dropout` None means `hidden_dropout`
     (HF convention; DistilBERT's `seq_classif_dropout`). `qa_dropout` is DistilBERT-only.
+    `cls_head` "layer_mix" replaces the classification head by Adapting by Pruning's,
+    "layer_mix_mean" by the same over each layer's mean-pooled tokens (no HF class has
+    either: convert/hf.py exports the encoder plus the head as its own file).
     """
     model_type: str = "bert"
     vocab_size: int = 30522
@@ -41,11 +45,15 @@ class ModelConfig:
     dtype: str = "float32"
     classifier_dropout: Optional[float] = None
     qa_dropout: float = 0.1
+    cls_head: str = "default"   # default (the family's HF head) | layer_mix | layer_mix_mean
+    #                             (models/heads.LayerMixHead over [CLS] | over mean-pooled tokens)
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
             raise ValueError(
                 f"unknown model_type {self.model_type!r}; expected one of {MODEL_TYPES}")
+        if self.cls_head not in CLS_HEADS:
+            raise ValueError(f"unknown cls_head {self.cls_head!r}; expected one of {CLS_HEADS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.hidden_size % self.num_heads:

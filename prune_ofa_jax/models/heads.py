@@ -125,10 +125,48 @@ def qa_logits(module: nn.Module, hidden, cfg: config_lib.ModelConfig, injector: 
     return out[..., 0], out[..., 1]
 
 
+class LayerMixHead(nn.Module):
+    """Adapting by Pruning's head (Gao et al. 2021): a learned softmax-weighted average of
+    every encoder layer's [CLS] vector, then a 1-hidden-layer MLP (Dense H -> H, tanh,
+    dropout, Dense -> labels). Params: classifier/{layer_weights [L], dense, out_proj}.
+    Uniform weights at init; the embedding output is not mixed in. `pool="mean"`: each
+    layer's mean over the non-padding tokens instead of [CLS], for encoders trained with
+    mean pooling (all-MiniLM's [CLS] barely varies with the input below its last layer)."""
+    config: config_lib.ModelConfig
+    dense_injector: Injector = None
+    pool: str = "cls"
+
+    @nn.compact
+    def __call__(self, all_hidden, attention_mask, deterministic: bool):
+        cfg, inj = self.config, self.dense_injector
+        layers_out = jnp.stack(all_hidden[1:]).astype(jnp.float32)  # [L, B, T, H]
+        if self.pool == "mean":
+            m = jnp.ones(layers_out.shape[1:3], jnp.float32) if attention_mask is None else (
+                attention_mask.astype(jnp.float32))
+            pooled = jnp.einsum("lbth,bt->lbh", layers_out, m) / jnp.maximum(
+                m.sum(-1), 1.0)[None, :, None]
+        else:
+            pooled = layers_out[:, :, 0]
+        w = self.param("layer_weights", nn.with_logical_partitioning(
+            nn.initializers.zeros_init(), (None,)), (pooled.shape[0],), jnp.float32)
+        x = jnp.einsum("l,lbh->bh", jax.nn.softmax(w), pooled)
+        drop = nn.Dropout(cfg.cls_dropout)
+        x = drop(x, deterministic=deterministic)
+        x = jnp.tanh(layers.dense(self, "dense", cfg.hidden_size, ("embed", "mlp"), cfg, inj)(x))
+        x = drop(x, deterministic=deterministic)
+        return layers.dense(self, "out_proj", cfg.num_labels, ("mlp", None), cfg, inj)(x)
+
+
 def classifier_logits(module: nn.Module, hidden, pooled, cfg: config_lib.ModelConfig,
-                      injector: Injector, deterministic: bool):
-    """Family-specific classification head, created as child "classifier" of `module`."""
-    if cfg.model_type == "bert":
+                      injector: Injector, deterministic: bool, all_hidden=None,
+                      attention_mask=None):
+    """Family-specific classification head, created as child "classifier" of `module`;
+    `cfg.cls_head` layer_mix[_mean]: LayerMixHead over `all_hidden` (embeddings + layers)."""
+    if cfg.cls_head in ("layer_mix", "layer_mix_mean"):
+        pool = "mean" if cfg.cls_head == "layer_mix_mean" else "cls"
+        out = LayerMixHead(cfg, injector, pool, name="classifier")(all_hidden, attention_mask,
+                                                                   deterministic)
+    elif cfg.model_type == "bert":
         x = nn.Dropout(cfg.cls_dropout)(pooled, deterministic=deterministic)
         out = layers.dense(module, "classifier", cfg.num_labels, ("embed", None), cfg, injector)(x)
     else:

@@ -90,6 +90,16 @@ def _bits(score: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(score.astype(jnp.float32), jnp.int32) & _SIGN_OFF
 
 
+def _signed_bits(score: jax.Array) -> jax.Array:
+    """Order-preserving int32 key in [0, 2**31) of float32 scores of either sign (learned
+    scores). The 32-bit ordered key (negatives bit-flipped, positives with the sign bit set)
+    is halved to fit the bisection's range, so two floats one ulp apart may tie (and are
+    then ordered by position, like any tie)."""
+    u = lax.bitcast_convert_type(score.astype(jnp.float32), jnp.uint32)
+    ordered = jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))
+    return (ordered >> 1).astype(jnp.int32)
+
+
 def _bisect(count_le, ks: jax.Array, upper: int) -> jax.Array:
     """Per group g: the smallest v in [0, upper] with count_le(v)[g] >= ks[g] (else upper)."""
 
@@ -113,13 +123,14 @@ class _Buckets:
     tie-break key.
     """
 
-    def __init__(self, scores: Sequence[jax.Array], per_tensor: bool):
+    def __init__(self, scores: Sequence[jax.Array], per_tensor: bool, signed: bool = False):
         self.per_tensor = per_tensor
+        key = _signed_bits if signed else _bits
         by_shape: dict[tuple, list[int]] = {}
         for r, x in enumerate(scores):
             by_shape.setdefault(tuple(x.shape), []).append(r)
         self.rows = list(by_shape.values())
-        self.data = [jnp.stack([_bits(scores[r]) for r in rows]) for rows in self.rows]
+        self.data = [jnp.stack([key(scores[r]) for r in rows]) for rows in self.rows]
         sizes = [int(x.size) for x in scores]
         starts = np.cumsum([0] + sizes[:-1])
         self.pos = []
@@ -159,8 +170,10 @@ class _Buckets:
         return out
 
 
-def keep_masks(scores: Sequence[jax.Array], sparsity, per_tensor: bool) -> list[jax.Array]:
-    """Bool keep masks shaped like `scores` (non-negative float arrays).
+def keep_masks(scores: Sequence[jax.Array], sparsity, per_tensor: bool,
+               signed: bool = False) -> list[jax.Array]:
+    """Bool keep masks shaped like `scores` (non-negative float arrays; any sign with
+    `signed=True`, e.g. learned mask scores: the lowest are pruned, not the smallest |s|).
 
     per_tensor=True: each tensor keeps exactly `n - num_pruned(sparsity, n)` of its n
     entries; False: one global selection, exactly that many over all entries together.
@@ -171,7 +184,7 @@ def keep_masks(scores: Sequence[jax.Array], sparsity, per_tensor: bool) -> list[
     """
     if not scores:
         raise ValueError("keep_masks needs at least one score array")
-    bk = _Buckets(scores, per_tensor)
+    bk = _Buckets(scores, per_tensor, signed)
     ks = jnp.stack([num_pruned(sparsity, n) for n in bk.group_sizes])
     thr = _bisect(lambda v: bk.count(lambda b, d: d <= bk.per_row(v, b)), ks, _SIGN_OFF)
     below = bk.count(lambda b, d: d < bk.per_row(thr, b))

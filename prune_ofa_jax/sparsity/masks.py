@@ -47,6 +47,7 @@ POOLER_KERNEL = r"(^|/)pooler/dense/kernel$"
 PRUNABLE_KERNELS = (
     r"(^|/)(encoder/layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
     r"|pooler/dense)/kernel$")
+EMBEDDINGS = r"(^|/)embeddings/(word|position|token_type)_embeddings/embedding$"
 DEFAULT_INCLUDE = (PRUNABLE_KERNELS,)
 DEFAULT_EXCLUDE = ()
 ENCODER_ALL = r"(^|/)encoder/"

@@ -25,7 +25,7 @@ from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.quant import qat as qat_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.sparsity import patterns, schedules
+from prune_ofa_jax.sparsity import methods
 from prune_ofa_jax.train import aux as aux_lib
 from prune_ofa_jax.train import optim, steps
 from prune_ofa_jax.train.state import TrainState
@@ -48,6 +48,7 @@ class Run:
     schedule: Any
     state: TrainState
     state_shardings: Any
+    method: Any              # the pruning method (sparsity/methods): masks, scores, frozen
     step_fn: Callable        # jitted (state, teacher_params, batch) -> (state, metrics)
     eval_fn: Callable        # jitted (params, masks, quant_stats, batch) -> outputs
     fresh_leaves: list
@@ -105,7 +106,8 @@ def _model_config(config, loaded_cfg):
                     f"config.model.overrides.{k}={v!r} conflicts with the checkpoint at "
                     f"config.init.path ({k}={getattr(loaded_cfg, k)!r})")
         mcfg = dataclasses.replace(loaded_cfg, **overrides)
-    return dataclasses.replace(mcfg, num_labels=config.num_labels, dtype=config.model.dtype)
+    return dataclasses.replace(mcfg, num_labels=config.num_labels, dtype=config.model.dtype,
+                               cls_head=config.model.cls_head)
 
 
 def _quant_hooks(config):
@@ -116,33 +118,49 @@ def _quant_hooks(config):
     return qat_lib.make_injector(qcfg), qat_lib.embedding_quant(qcfg)
 
 
+def prunable_include(config) -> tuple:
+    """The coverage: sparsity.include (+ the embedding tables with sparsity.embeddings)."""
+    sp = config.sparsity
+    return tuple(sp.include) + ((masks_lib.EMBEDDINGS,) if sp.embeddings else ())
+
+
 def make_masks(config, params):
     """Pruning run: all-True masks over the prunable leaves; fine-tuning with the pattern
     locked: masks from the nonzeros of the loaded weights; otherwise no masks."""
     sp = config.sparsity
     if sp.enabled or sp.lock_pattern:
-        masks = masks_lib.init_masks(params, include=tuple(sp.include), exclude=tuple(sp.exclude))
+        masks = masks_lib.init_masks(params, include=prunable_include(config),
+                                     exclude=tuple(sp.exclude))
         return masks_lib.masks_from_nonzero(params, masks) if sp.lock_pattern else masks
     return jax.tree.map(lambda _: None, params)
 
 
 def make_schedule(config):
-    sp = config.sparsity
-    if not sp.enabled:
+    """(schedule, method) of a pruning run, (None, None) otherwise."""
+    if not config.sparsity.enabled:
         return None, None
-    sched = schedules.CubicSchedule(
-        target=sp.target, initial=sp.initial, begin_step=sp.begin_step, end_step=sp.end_step,
-        update_every=sp.update_every, freeze_step=sp.freeze_step)
-    return sched, functools.partial(masks_lib.magnitude_masks, method=sp.method,
-                                    pattern=patterns.parse(sp.pattern))
+    method = make_method(config)
+    return method.schedule, method
 
 
-def aux_parts(config, params, param_shardings, lr_fn) -> dict:
+def make_method(config):
+    """The run's pruning method (sparsity/methods): magnitude, movement, adaprune, ..."""
+    return methods.from_config(config, regrow=bool(config.sparsity.regrow))
+
+
+def aux_parts(config, params, param_shardings, lr_fn, method=None) -> dict:
     """The run's trainable extras beside the model (train/aux.py), name -> aux.Part: each
     feature that trains something of its own (learned-mask scores, MI critics) adds its part
     here. A plain run has none."""
-    del param_shardings
     parts = {}
+    method = method or make_method(config)
+    if method.learns_scores:  # one score per prunable weight, sharded like the weight
+        masks = make_masks(config, params)
+        scores = method.init_scores(params, masks,
+                                    jax.random.fold_in(jax.random.key(config.seed), 7))
+        parts[methods.AUX_KEY] = aux_lib.Part(
+            value=scores, tx=method.score_tx(lambda step: lr_fn(step) / config.optim.lr),
+            shardings=masks_lib.mask_like(param_shardings, masks))
     parts.update(distill_objective.aux_part(config, params, lr_fn))  # MI critics, projections
     return parts
 
@@ -191,13 +209,15 @@ def build(config, mesh=None) -> Run:
     lr_fn = optim.learning_rate_fn(config.optim, total, rewind)
     tx = optim.make_optimizer(config.optim, lr_fn)
     masks = make_masks(config, params)
-    schedule, prune_fn = make_schedule(config)
+    method = make_method(config)
+    schedule = method.schedule
 
     # Shardings from the logical axis names of the (abstract) params.
     specs = bert.logical_specs(model)
     p_shard = mesh_lib.param_shardings(params, specs, mesh, rules)
     abstract_opt = jax.eval_shape(tx.init, params)
-    aux, aux_tx, aux_shard = aux_lib.combine(aux_parts(config, params, p_shard, lr_fn), mesh)
+    aux, aux_tx, aux_shard = aux_lib.combine(aux_parts(config, params, p_shard, lr_fn, method),
+                                             mesh)
     state_shardings = TrainState(
         step=mesh_lib.replicated(mesh, 0), params=p_shard,
         opt_state=mesh_lib.opt_state_shardings(tx, abstract_opt, p_shard, mesh),
@@ -217,7 +237,7 @@ def build(config, mesh=None) -> Run:
 
     step_impl = steps.pretrain_step if sp.enabled else steps.finetune_step
     step_fn = functools.partial(step_impl, model=model, teacher=teacher, tx=tx, cfg=step_cfg,
-                                lr_fn=lr_fn, schedule=schedule, prune_fn=prune_fn, aux_tx=aux_tx)
+                                lr_fn=lr_fn, method=method, aux_tx=aux_tx)
     batch_shard = mesh_lib.batch_sharding(mesh)
     t_shard = None if teacher_params is None else jax.tree.map(lambda x: x.sharding,
                                                                teacher_params)
@@ -227,7 +247,7 @@ def build(config, mesh=None) -> Run:
     return Run(config=config, mesh=mesh, model_config=mcfg, model=model, teacher=teacher,
                teacher_params=teacher_params, step_cfg=step_cfg, tx=tx, lr_fn=lr_fn,
                schedule=schedule, state=state, state_shardings=state_shardings,
-               step_fn=jitted, eval_fn=eval_fn, fresh_leaves=fresh)
+               method=method, step_fn=jitted, eval_fn=eval_fn, fresh_leaves=fresh)
 
 
 def _teacher(config, student_cfg, mesh, rules):

@@ -91,9 +91,12 @@ class MetricWriter:
 
 def _signature(run) -> dict:
     cfg = run.config
-    return {"model": run.model_config.to_dict(), "task": cfg.task, "num_labels": cfg.num_labels,
-            "sparsity_enabled": cfg.sparsity.enabled, "qat": cfg.quant.enabled,
-            "grad_accum": cfg.train.grad_accum, "batch_size": cfg.train.batch_size}
+    sig = {"model": run.model_config.to_dict(), "task": cfg.task, "num_labels": cfg.num_labels,
+           "sparsity_enabled": cfg.sparsity.enabled, "qat": cfg.quant.enabled,
+           "grad_accum": cfg.train.grad_accum, "batch_size": cfg.train.batch_size}
+    if run.method.name not in ("fixed", "magnitude"):  # its scores are in the state
+        sig["sparsity_method"] = run.method.name   # (absent before: old checkpoints resume)
+    return sig
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -126,13 +129,16 @@ def _describe(run_, workdir) -> None:
     if run_.teacher is not None:
         log.info("teacher (frozen): %s; KD weight %g, T=%g", c.teacher.path,
                  c.distill.kd_weight, c.distill.temperature)
+    method = run_.method
     if c.sparsity.enabled:
-        log.info("pruning: %s %s to %.0f%% over steps %d-%d, masks every %d, frozen at %d",
-                 c.sparsity.method, c.sparsity.pattern, 100 * c.sparsity.target,
-                 c.sparsity.begin_step, c.sparsity.end_step, c.sparsity.update_every,
-                 c.sparsity.freeze_step)
+        log.info("pruning: %s (%s, %s) to %.0f%%; schedule over steps %d-%d, masks every %d, "
+                 "frozen at %d", method.name, method.distribution, c.sparsity.pattern,
+                 100 * c.sparsity.target, c.sparsity.begin_step, c.sparsity.end_step,
+                 c.sparsity.update_every, c.sparsity.freeze_step)
     elif c.sparsity.lock_pattern:
         log.info("sparsity pattern of the init weights locked")
+    if method.frozen_weights:
+        log.info("weights frozen (bit-identical): everything under backbone/; heads train")
     log.info("run: %d steps, batch %d x %d tokens, mesh %s (%d devices), %s", c.train.steps,
              c.train.batch_size, c.data.seq_len, dict(run_.mesh.shape), run_.mesh.size,
              c.model.dtype + (", QAT" if c.quant.enabled else ""))

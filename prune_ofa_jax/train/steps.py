@@ -1,26 +1,29 @@
 """The pure training and evaluation steps (the one file to read to change the training).
 
 `train_step(state, teacher_params, batch) -> (state, metrics)` with model, teacher, optimizer,
-schedule and config bound by `functools.partial` and compiled once by `jax.jit` with
+pruning method and config bound by `functools.partial` and compiled once by `jax.jit` with
 shardings (train/loop.py). One Prune OFA step:
   1. rng = fold_in(seed, step); the batch arrives sharded, shaped [accum, micro_batch, ...];
-  2. on the schedule's update steps only (lax.cond), masks are recomputed from the latent
-     weights; after the freeze step, or when fine-tuning with the pattern locked, never;
+  2. this step's masks from the pruning method (sparsity/methods): magnitude recomputes them
+     under lax.cond on the schedule's update steps only, from the latent weights; learned
+     methods derive them from their scores (state.aux); a locked pattern never changes;
   3. the frozen teacher runs outside value_and_grad, under stop_gradient;
-  4. loss(params): masked params -> student forward (fake-quant after masking in QAT, so
-     zeros stay zero) -> task_weight * task + kd_weight * T^2 KL;
-  5. grads masked; AdamW update; params masked again unless `regrow` (Intel reference: dense
-     latent weights, masks only in the forward, a later mask update may revive weights);
+  4. loss(params, aux): the method's view of the params (masked; for learned masks the mask
+     carries the gradient to the scores) -> student forward (fake-quant after masking in QAT,
+     so zeros stay zero) -> task_weight * task + kd_weight * T^2 KL (+ the method's penalty);
+  5. grads of pruned entries and frozen weights zeroed; AdamW update; the method then keeps
+     frozen weights bit-identical and hard-zeroes pruned ones, unless it keeps dense latent
+     weights (`regrow`, the Intel reference, and every learned-mask method);
   6. metrics: each loss term, global sparsity, learning rate, grad norm.
 Trainable extras beside the model (`state.aux`: learned-mask scores, MI critics; train/aux.py)
 are differentiated in the same loss and updated by their own `aux_tx`.
-`pretrain_step` and `finetune_step` are this step with a pruning schedule or a locked pattern.
+`pretrain_step` and `finetune_step` are this step (kept as names for their call sites).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +46,8 @@ class StepConfig:
     mlm_positions_only: bool = True  # vocab projection only at masked positions
     fused_chunk: int = 32           # all-token MLM KD: positions per chunk (0 = unfused)
     batch_shards: int = 1           # devices the batch is split over (the mesh's data x fsdp)
-    regrow: bool = False             # False: hard-zero params after every update
+    regrow: bool = False             # magnitude: dense latent weights (build passes it to
+    #                                  the method; False: hard-zero after every update)
     qat: bool = False                # carry/update the "quant_stats" collection
     distill: Any = None              # distill.spec.Spec: logit-KD kind, intermediate terms
 
@@ -60,8 +64,8 @@ def forward(model, params, quant_stats, batch, cfg: StepConfig, *, train: bool, 
     return model.apply(variables, **kwargs, deterministic=not train, rngs=rngs), quant_stats
 
 
-def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng, *, model,
-                    teacher, cfg: StepConfig):
+def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng, step, *,
+                    model, teacher, cfg: StepConfig, method):
     t_out = None
     if cfg.kd_weight > 0:
         t_out, _ = forward(teacher, teacher_params, None, batch,
@@ -69,10 +73,11 @@ def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng,
         t_out = jax.lax.stop_gradient(t_out)
 
     def loss_fn(p, a):  # a: the state's trainable extras (train/aux.py), {} if none
-        out, stats = forward(model, masks_lib.apply_masks(p, masks), quant_stats, batch, cfg,
-                             train=True, rng=rng)
+        out, stats = forward(model, method.forward_params(p, a, masks), quant_stats, batch,
+                             cfg, train=True, rng=rng)
         loss, terms = objectives.loss(cfg, out, t_out, batch, a)
-        return loss, ({"loss": loss, **terms}, stats)
+        reg, reg_terms = method.penalty(a, masks, step)  # learned masks' regulariser, or 0
+        return loss + reg, ({"loss": loss + reg, **terms, **reg_terms}, stats)
 
     (_, (terms, stats)), grads = jax.value_and_grad(loss_fn, argnums=(0, 1),
                                                     has_aux=True)(params, aux)
@@ -80,29 +85,26 @@ def _loss_and_grads(params, aux, masks, quant_stats, teacher_params, batch, rng,
 
 
 def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, teacher, tx,
-               cfg: StepConfig, lr_fn: Callable, schedule=None,
-               prune_fn: Optional[Callable] = None, aux_tx=None):
-    """One optimizer step over `batch` ([accum, micro_batch, ...]); pure."""
+               cfg: StepConfig, lr_fn: Callable, method, aux_tx=None):
+    """One optimizer step over `batch` ([accum, micro_batch, ...]); pure. `method`: the
+    pruning method (sparsity/methods/base.py), the only place masks are made."""
     rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
-    masks = state.masks
-    if schedule is not None:  # static: pruning run vs locked pattern, never a traced `if`
-        masks = jax.lax.cond(schedule.is_update_step(state.step),
-                             lambda: prune_fn(state.params, state.masks, schedule(state.step)),
-                             lambda: state.masks)
+    masks = method.masks(state.params, state.aux, state.masks, state.step)
 
     def micro(carry, xs):
         grads_sum, stats = carry
         micro_batch, k = xs
         grads, terms, stats = _loss_and_grads(
             state.params, state.aux, masks, stats, teacher_params, micro_batch,
-            jax.random.fold_in(rng, k), model=model, teacher=teacher, cfg=cfg)
+            jax.random.fold_in(rng, k), state.step, model=model, teacher=teacher, cfg=cfg,
+            method=method)
         return (jax.tree.map(jnp.add, grads_sum, grads), stats), terms
 
     accum = jax.tree.leaves(batch)[0].shape[0]
     zeros = jax.tree.map(jnp.zeros_like, (state.params, state.aux))
     ((grads, aux_grads), quant_stats), terms = jax.lax.scan(
         micro, (zeros, state.quant_stats), (batch, jnp.arange(accum)))
-    grads = masks_lib.apply_masks(jax.tree.map(lambda g: g / accum, grads), masks)
+    grads = method.weight_grads(jax.tree.map(lambda g: g / accum, grads), masks)
     aux, aux_opt_state = state.aux, state.aux_opt_state
     if state.aux:  # static: the pytree structure, never a traced value
         aux_updates, aux_opt_state = aux_tx.update(
@@ -110,9 +112,8 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
         aux = optax.apply_updates(aux, aux_updates)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if not cfg.regrow:
-        params = masks_lib.apply_masks(params, masks)
+    params = method.weights_after_update(
+        state.params, optax.apply_updates(state.params, updates), masks)
 
     metrics = {k: v.mean() for k, v in terms.items()}
     metrics.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads),
@@ -133,13 +134,14 @@ def _global_sparsity(masks) -> jax.Array:
 
 
 def pretrain_step(state, teacher_params, batch, **kw):
-    """Prune OFA upstream: MLM (+NSP) + KD from the frozen dense teacher + GMP schedule."""
+    """Prune OFA upstream: MLM (+NSP) + KD from the frozen dense teacher + a pruning method."""
     return train_step(state, teacher_params, batch, **kw)
 
 
 def finetune_step(state, teacher_params, batch, **kw):
-    """Downstream: pattern locked (no schedule), optional task-teacher KD."""
-    return train_step(state, teacher_params, batch, **{**kw, "schedule": None})
+    """Downstream: pattern locked (a method without schedule) or learned masks, optional
+    task-teacher KD."""
+    return train_step(state, teacher_params, batch, **kw)
 
 
 def eval_step(params, masks, quant_stats, batch, *, model, cfg: StepConfig):

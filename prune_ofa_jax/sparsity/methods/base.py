@@ -1,0 +1,206 @@
+"""The mask-method interface: one small object of pure functions per pruning method.
+
+The train step (train/steps.py) calls these hooks and nothing else about pruning:
+
+  masks   = method.masks(params, aux, old_masks, step)   # this step's hard bool masks
+  loss(p, a): forward(method.forward_params(p, a, masks)) + method.penalty(a, masks, step)
+  grads   = method.weight_grads(grads, masks)             # before the optimizer
+  params  = method.weights_after_update(old, new, masks)  # after it
+
+A method's own trainable state (e.g. one score per prunable weight) is the aux part
+`AUX_KEY` (train/aux.py): `init_scores` gives its initial value (params-structured, None
+on leaves that are never pruned), `score_tx` its optimizer; the step differentiates it
+together with the params and checkpoints it. In the spirit of jaxpruner's `BaseUpdater`
+(scores -> masks under a schedule), but the scores are differentiable state here, so
+movement pruning and learned masks over frozen weights fit the same step.
+
+This base class is the plain case: masks stay as they are (a dense run, or fine-tuning with
+a locked pattern); magnitude.py adds the GMP schedule, the others learn scores.
+`frozen_weights`: the pre-trained network (`FROZEN`, everything under backbone/) never
+changes, bit for bit; the task heads still train (feature extraction, adaprune, supermask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prune_ofa_jax.sparsity import exact_topk
+from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.sparsity import patterns
+
+AUX_KEY = "mask_scores"        # the state.aux entry holding a method's scores
+FROZEN = r"^backbone/"         # what frozen_weights keeps fixed: the pre-trained network
+DISTRIBUTIONS = ("uniform", "global")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """schedule: sparsity(step) and its update steps (None: masks never change);
+    distribution: "uniform" (per tensor) | "global" (one selection over all tensors), for
+    the top-k methods; pattern: unstructured, N:M or 1xK blocks (sparsity.patterns);
+    frozen_weights: the backbone never trains; regrow: the magnitude method keeps dense
+    latent weights (else hard zero: pruned weights are zeroed after every update)."""
+    schedule: Any = None
+    distribution: str = "uniform"
+    pattern: Any = patterns.Unstructured()
+    frozen_weights: bool = False
+    regrow: bool = False
+
+    name = "fixed"
+    learns_scores = False   # class constants: whether init_scores/score_tx are used
+    frozen_default = False  # frozen_weights when the config leaves it unset
+    # Structured patterns the method's mask selection supports; threshold methods: none.
+    structured_patterns = False
+
+    # --- state -------------------------------------------------------------------------
+    def init_scores(self, params, masks, rng) -> Optional[Any]:
+        """The scores' initial value (params-structured, None where masks are None)."""
+        del params, masks, rng
+        return None
+
+    def score_tx(self, lr_shape: Callable) -> optax.GradientTransformation:
+        """The scores' optimizer; lr_shape(step) is the run's LR schedule over its peak."""
+        del lr_shape
+        return optax.identity()
+
+    # --- masks and the forward ---------------------------------------------------------
+    def masks(self, params, aux, masks, step):
+        """The hard bool masks this step uses (and the state keeps); outside the gradient."""
+        del params, aux, step
+        return masks
+
+    def forward_params(self, params, aux, masks):
+        """What the student's forward sees; differentiable in params and aux."""
+        del aux
+        return masks_lib.apply_masks(params, masks)
+
+    def penalty(self, aux, masks, step):
+        """(scalar added to the loss, metrics): a method's regulariser on its scores."""
+        del aux, masks, step
+        return jnp.zeros((), jnp.float32), {}
+
+    # --- weights ---------------------------------------------------------------------------
+    @property
+    def keeps_latent(self) -> bool:
+        """Pruned weights keep their values (masks only in the forward) instead of being
+        zeroed after each update. Learned masks need it: a pruned weight can come back."""
+        return self.regrow
+
+    def weight_grads(self, grads, masks):
+        """Weight gradients the optimizer sees: pruned entries and frozen leaves zeroed (so
+        clipping and the logged norm count only what trains)."""
+        grads = masks_lib.apply_masks(grads, masks)
+        return _where_frozen(self.frozen_weights, grads, lambda g: jnp.zeros_like(g))
+
+    def weights_after_update(self, old, new, masks):
+        """Params after the optimizer: hard zero unless latent weights are kept; frozen
+        leaves are the old arrays themselves (bit-identical, decay never touches them)."""
+        if not self.keeps_latent:
+            new = masks_lib.apply_masks(new, masks)
+        if not self.frozen_weights:
+            return new
+        return jax.tree_util.tree_map_with_path(
+            lambda path, o, n: o if _is_frozen(path) else n, old, new)
+
+
+def _is_frozen(path) -> bool:
+    return re.search(FROZEN, masks_lib.path_str(path)) is not None
+
+
+def _where_frozen(frozen: bool, tree, fn):
+    if not frozen:
+        return tree
+    return jax.tree_util.tree_map_with_path(lambda p, x: fn(x) if _is_frozen(p) else x, tree)
+
+
+def frozen_paths(params) -> list[str]:
+    """The param paths a frozen-weights method keeps fixed (for reports and tests)."""
+    return [p for p, _ in masks_lib.named_leaves(params) if re.search(FROZEN, p)]
+
+
+# --- helpers the score-learning methods share -------------------------------------------
+def scores_of(aux) -> Any:
+    return aux[AUX_KEY]
+
+
+def ste(keep: jax.Array, score: jax.Array) -> jax.Array:
+    """Straight-through estimator: forward exactly the 0/1 mask `keep`, backward the
+    identity, so dL/dscore = dL/dmask = dL/dW' * W for W' = W * mask (Bengio et al. 2013;
+    movement pruning). `score - stop_gradient(score)` is exactly 0, so no rounding leaks
+    into the forward."""
+    return keep.astype(score.dtype) + (score - jax.lax.stop_gradient(score))
+
+
+def masked_by_values(params, values):
+    """params * values on the leaves where `values` (params-structured, None elsewhere)
+    has an array; the mask values may carry gradients (STE, surrogate)."""
+    return jax.tree.map(lambda p, v: p if v is None else p * v.astype(p.dtype), params,
+                        values, is_leaf=lambda x: x is None)
+
+
+def map_scored(fn, *trees):
+    """fn over the leaves of params-structured trees whose first tree is not None there."""
+    return jax.tree.map(lambda x, *rest: None if x is None else fn(x, *rest), *trees,
+                        is_leaf=lambda x: x is None)
+
+
+def topk_masks(scores, sparsity, distribution: str, pattern) -> Any:
+    """Bool masks keeping the highest (signed) scores, with exact counts: per tensor
+    (uniform) or one selection over all tensors (global); 1xK blocks are scored by the sum
+    of their scores; N:M keeps the n highest of every m (a sparsity <= 0 keeps all)."""
+    leaves, treedef = jax.tree.flatten(scores, is_leaf=lambda x: x is None)
+    slots = [i for i, s in enumerate(leaves) if s is not None]
+    chosen = [leaves[i] for i in slots]
+    sparsity = jnp.asarray(sparsity, jnp.float32)
+    if isinstance(pattern, patterns.NM):
+        new = [jnp.where(sparsity > 0, _nm_keep(s, pattern), True) for s in chosen]
+    else:
+        units = [_block_sums(s, pattern) for s in chosen]
+        keep = exact_topk.keep_masks(units, sparsity, per_tensor=distribution == "uniform",
+                                     signed=True)
+        new = [pattern.expand(k, s.shape) for k, s in zip(keep, chosen)]
+    out = list(leaves)
+    for i, m in zip(slots, new):
+        out[i] = m
+    return jax.tree.unflatten(treedef, out)
+
+
+def _block_sums(s: jax.Array, pattern) -> jax.Array:
+    if isinstance(pattern, patterns.Block):
+        d_in, d_out = s.shape
+        return jnp.sum(s.reshape(d_in // pattern.size, pattern.size, d_out), axis=1)
+    return s
+
+
+def _nm_keep(s: jax.Array, pattern) -> jax.Array:
+    """The n highest scores of every m consecutive input entries per output column."""
+    n, m = pattern.n, pattern.m
+    if n in (0, m):
+        return jnp.full(s.shape, n == m)
+    d_in, d_out = s.shape
+    groups = jnp.swapaxes(s.reshape(d_in // m, m, d_out), 1, 2)  # [G, out, m]
+    _, idx = jax.lax.top_k(groups, n)
+    onehot = jax.nn.one_hot(idx, m, dtype=jnp.int32).sum(axis=-2) > 0
+    return jnp.swapaxes(onehot, 1, 2).reshape(d_in, d_out)
+
+
+def pruned_count(masks) -> jax.Array:
+    """Exact int32 count of pruned entries over every mask leaf."""
+    leaves = [m for m in jax.tree.leaves(masks) if m is not None]
+    return sum(m.size - jnp.sum(m, dtype=jnp.int32) for m in leaves)
+
+
+def mask_size(masks) -> int:
+    return sum(int(m.size) for m in jax.tree.leaves(masks) if m is not None)
+
+
+def leaf_keys(rng, tree):
+    """One independent key per leaf of `tree` (fold_in by leaf index)."""
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+    return jax.tree.unflatten(treedef, [jax.random.fold_in(rng, i) for i in range(len(leaves))])
