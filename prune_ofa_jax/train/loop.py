@@ -24,7 +24,7 @@ import numpy as np
 
 from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax import jsonio, logs, presets
-from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.convert import params_ckpt, qat_ranges
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build as build_lib
@@ -239,6 +239,9 @@ def _finish(run_, state, workdir, final_eval, wall) -> dict:
     params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
                             overwrite=True)
+    if run_.config.quant.enabled and jax.process_index() == 0:  # the int8 export's ranges
+        qat_ranges.save(workdir / "model", jax.device_get(state.quant_stats),
+                        {k: v for k, v in run_.config.quant.to_dict().items() if k != "enabled"})
     stats = masks_lib.sparsity_report(params, state.masks)
     report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
