@@ -38,7 +38,8 @@ def pack_params(params: Any, model_config: config_lib.ModelConfig, task: str, ou
     header = packed.pack(flat, model_config.to_dict(), task, out, opts, quant)
     layout = scales = 0
     for t in header["tensors"]:
-        w = flat[t["path"]]
+        # nonzero as stored, by bit pattern: a (rare) -0.0 is a stored value
+        w = (flat[t["path"]].view(np.uint32) != 0).astype(np.float32)
         layout += compression.tensor_bytes(w, t["storage"], _VALUE_BYTES[t["values"]])
         scales += 4 if t["values"] == "int8" else 0
     raw = sum(s["raw_length"] for t in header["tensors"] for s in t["sections"].values())

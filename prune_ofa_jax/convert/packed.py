@@ -165,7 +165,7 @@ def pack(flat_params: dict, model_config: dict, task: str, out, opts: PackOption
                 "scale": scale, "codec": opts.codec, "nnz": int(np.count_nonzero(w)),
                 "sections": {}}
         for name, raw in sections.items():
-            data = zlib.compress(raw, 9) if opts.codec == "zlib" else raw
+            data = zlib.compress(raw, 6) if opts.codec == "zlib" else raw
             meta["sections"][name] = {"offset": offset, "length": len(data),
                                       "raw_length": len(raw), "crc32": zlib.crc32(data)}
             blobs.append(data)

@@ -66,14 +66,15 @@ def _head(bld, x: str) -> str:
     return bld.dense(h, "classifier/out_proj")
 
 
-def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] = None):
+def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] = None,
+          form: str = "integer"):
     """The onnx.ModelProto of the classifier."""
     import onnx  # pylint: disable=import-outside-toplevel
     from onnx import TensorProto, helper  # pylint: disable=import-outside-toplevel
     flat = {k: np.asarray(v, np.float32) for k, v in hf.flatten(params).items()}
     if "classifier/kernel" not in flat and "classifier/out_proj/kernel" not in flat:
         raise ValueError("onnx export: only sequence-classification models (task 'cls')")
-    bld = onnx_graph._Builder(flat, model_config, quant, int8)  # pylint: disable=protected-access
+    bld = onnx_graph._Builder(flat, model_config, quant, int8, form)  # pylint: disable=protected-access
     g, cfg = bld.g, model_config
     ids, mask, types = "input_ids", "attention_mask", "token_type_ids"
     x = _embeddings(bld, ids, mask, types)
@@ -100,9 +101,9 @@ def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] =
 
 
 def export(params: Any, model_config, out, int8: bool = False,
-           quant: Optional[dict] = None) -> pathlib.Path:
+           quant: Optional[dict] = None, form: str = "integer") -> pathlib.Path:
     import onnx  # pylint: disable=import-outside-toplevel
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build(params, model_config, int8, quant), str(out))
+    onnx.save(build(params, model_config, int8, quant, form), str(out))
     return out

@@ -65,8 +65,8 @@ def _weight_q(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]
 
 
 class _Builder:
-    def __init__(self, flat: dict, cfg, quant: Optional[dict], int8: bool):
-        self.g, self.flat, self.cfg, self.int8 = _Graph(), flat, cfg, int8
+    def __init__(self, flat: dict, cfg, quant: Optional[dict], int8: bool, form: str = "integer"):
+        self.g, self.flat, self.cfg, self.int8, self.form = _Graph(), flat, cfg, int8, form
         q = quant or {}
         self.ranges = q.get("ranges", {})
         qcfg = dict(q.get("config") or {})
@@ -88,6 +88,11 @@ class _Builder:
             xs, xzp = g.const(f"{path}/x_scale2", s), g.const(f"{path}/x_zp2", zp)
         else:
             xq, xs, xzp = g.op("DynamicQuantizeLinear", [x], n_out=3)
+        if self.form == "qdq" and rng is not None:  # DQ -> MatMul, for ORT's QDQ fusions
+            xd = g.op("DequantizeLinear", [xq, xs, xzp])
+            wd = g.op("DequantizeLinear", [g.const(f"{path}/kernel_q", wq),
+                                           g.const(f"{path}/kernel_scale", ws)], axis=1)
+            return g.op("Add", [g.op("MatMul", [xd, wd]), bias])
         acc = g.op("MatMulInteger", [xq, g.const(f"{path}/kernel_q", wq), xzp])
         scale = g.op("Mul", [xs, g.const(f"{path}/kernel_scale", ws)])
         y = g.op("Add", [g.op("Mul", [g.op("Cast", [acc], to=1), scale]), bias])
