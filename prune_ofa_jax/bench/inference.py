@@ -95,7 +95,7 @@ def variants(params, mcfg, quant, ic, tmp: pathlib.Path, threads: int) -> dict:
     return out
 
 
-def _feed(mcfg, batch: int, seq: int, seed: int) -> dict:
+def feed(mcfg, batch: int, seq: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, min(mcfg.vocab_size, 20000), (batch, seq)).astype(np.int64)
     return {"input_ids": ids, "attention_mask": np.ones_like(ids),
@@ -149,7 +149,7 @@ def run(bc, out_dir: str, log=print) -> dict:
             per_batch = {}
             for b in ic.batch_sizes:
                 log(f" batch {b} x seq {bc.seq_len}")
-                res = time_variants(fns, _feed(mcfg, b, bc.seq_len, bc.seed), ic,
+                res = time_variants(fns, feed(mcfg, b, bc.seq_len, bc.seed), ic,
                                     ic.budget_s_per_batch)
                 per_batch[str(b)] = {"variants": res, "figures": figures(res)}
         result["models"][label] = per_batch

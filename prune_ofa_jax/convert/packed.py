@@ -29,7 +29,7 @@ import pathlib
 import re
 import struct
 import zlib
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -266,6 +266,3 @@ def size_summary(header: dict, file_bytes: int) -> dict:
     return {"file_bytes": file_bytes, "by_storage": by,
             "header_bytes": file_bytes - header["data_length"]}
 
-
-def to_jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=float))

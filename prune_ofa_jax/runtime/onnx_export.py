@@ -44,8 +44,8 @@ def _embeddings(bld, ids: str, mask: str, types: str) -> str:
     if cfg.model_type == "roberta":  # pad_idx+1.. over non-pad tokens, pads get pad_idx
         pad = g.const("pad_id", np.int64(cfg.pad_token_id))
         nonpad = g.op("Cast", [g.op("Not", [g.op("Equal", [ids, pad])])], to=7)
-        pos = g.op("Add", [g.op("Mul", [g.op("CumSum", [nonpad, g.const("one_axis", np.int64(1))]),
-                                        nonpad]), pad])
+        csum = g.op("CumSum", [nonpad, g.const("one_axis", np.int64(1))])
+        pos = g.op("Add", [g.op("Mul", [csum, nonpad]), pad])
     else:
         seq = g.op("Gather", [g.op("Shape", [ids]), g.const("dim1", np.int64(1))], axis=0)
         pos = g.op("Unsqueeze", [g.op("Range", [g.const("zero", np.int64(0)), seq,

@@ -17,7 +17,6 @@ int8 and dequantised after the lookup.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -96,7 +95,7 @@ class _Builder:
         acc = g.op("MatMulInteger", [xq, g.const(f"{path}/kernel_q", wq), xzp])
         scale = g.op("Mul", [xs, g.const(f"{path}/kernel_scale", ws)])
         y = g.op("Add", [g.op("Mul", [g.op("Cast", [acc], to=1), scale]), bias])
-        if self.qcfg.requantizes(path) and f"output_min" in (rng or {}):
+        if self.qcfg.requantizes(path) and "output_min" in (rng or {}):
             y = self._requantize(y, path, rng, bias)
         return y
 

@@ -54,9 +54,9 @@ def _check(args) -> None:
     demo = pathlib.Path(args.demo)
     for need in ("1_teacher/model/model.json", "2_prune/model/model.json"):
         if not (demo / need).is_file():
+            arg = ":test" if args.size else ""
             raise SystemExit(f"error: --demo {demo}: no {need}; run the demo first: python -m "
-                             f"prune_ofa_jax.main --config configs/demo.py{':test' if args.size else ''}"
-                             f" --workdir {demo}")
+                             f"prune_ofa_jax.main --config configs/demo.py{arg} --workdir {demo}")
     for task in args.tasks.split(","):
         if task not in ("sst2", "mrpc", "tweets"):
             raise SystemExit(f"error: --tasks: unknown task {task!r} (sst2, mrpc, tweets)")
@@ -65,6 +65,8 @@ def _check(args) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     _check(args)
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save/load at INFO
     from prune_ofa_jax.study import compress_study  # pylint: disable=import-outside-toplevel
     t0 = time.time()
     models = [m for m in args.models.split(",") if m]

@@ -4,6 +4,7 @@ dev rows, clean and with typos; packed into a .pofa file for its size on disk; t
 
 from __future__ import annotations
 
+import os
 import pathlib
 import tempfile
 
@@ -96,11 +97,10 @@ def latency(model_dir, onnx_path, batch_sizes, seq_len: int, budget_s: float,
     from prune_ofa_jax.bench import inference  # pylint: disable=import-outside-toplevel
     sess, int8 = session_for(model_dir, onnx_path)
     params, mcfg, _ = params_ckpt.load_params(model_dir)
-    import os  # pylint: disable=import-outside-toplevel
     fns = {"ort_int8" if int8 else "ort_fp32": lambda feed: sess.run(["logits"], feed)[0]}
     if torch_too:
         fns["torch_fp32"] = inference.torch_fn(params, mcfg, os.cpu_count() or 1)
     ic = ml_collections.ConfigDict({"min_rounds": 5, "max_rounds": 40})
-    return {str(b): inference.time_variants(fns, inference._feed(mcfg, b, seq_len, 0),  # pylint: disable=protected-access
-                                            ic, budget_s, log=lambda *_: None)
+    return {str(b): inference.time_variants(fns, inference.feed(mcfg, b, seq_len, 0), ic,
+                                            budget_s, log=lambda *_: None)
             for b in batch_sizes}
