@@ -1,6 +1,7 @@
 """The compression study at :test size (python -m prune_ofa_jax.study --size test), run on the
-tiny demo that tests/test_demo.py builds anyway: its SST-2 models are reused, so the study
-only trains the tweets models and a two-point sparsity sweep."""
+tiny demo that tests/test_demo.py builds anyway: its SST-2 models (and its 80 % upstream model,
+the sweep's "before" point) are reused, so the study trains only the three tweets models and
+the sweep's task-GMP run."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ from prune_ofa_jax.convert import qat_ranges
 from prune_ofa_jax.study import __main__ as study_main
 
 ARGS = ("--models", "dense,sparse,sparse_int8", "--tasks", "sst2,tweets", "--size", "test",
-        "--sweep_task", "sst2", "--sweep_levels", "0,0.5", "--latency_batches", "1",
+        "--sweep_task", "sst2", "--sweep_levels", "0,0.8", "--latency_batches", "1",
         "--latency_budget_s", "0.05")
 
 
@@ -38,7 +39,11 @@ def check(demo_dir, out, shared_data, capsys) -> None:
     # (up to a near-tie argmax flipped by float summation order: at most one row)
     assert abs(dense["metrics"]["accuracy"] - dense["train_eval"]["accuracy"]) <= 1 / 872 + 1e-9
     assert {(r["when"], r["sparsity"]) for r in res["sweep"]} == {
-        ("before", 0.0), ("after", 0.0), ("before", 0.5), ("after", 0.5)}
+        ("before", 0.0), ("after", 0.0), ("before", 0.8), ("after", 0.8)}
+    before = {r["sparsity"]: r for r in res["sweep"] if r["when"] == "before"}
+    assert before[0.8]["value"] == sst2_sparse["train_eval"]["accuracy"]  # the demo's run
+    after = {r["sparsity"]: r for r in res["sweep"] if r["when"] == "after"}
+    assert abs(after[0.8]["measured_sparsity"] - 0.8) < 0.01  # task GMP reached its target
     with open(shared_data / "disaster_tweets" / "test.csv", newline="", encoding="utf-8") as f:
         ids = [row["id"] for row in csv.DictReader(f)]
     with open(out / "kaggle" / "tweets_sparse_int8.csv", newline="", encoding="utf-8") as f:

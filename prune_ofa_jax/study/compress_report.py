@@ -117,6 +117,13 @@ def markdown(summary: dict) -> str:
             f"| {_fmt(r['p50_b32_ms'], '.1f')} |")
     lines += ["", "Flax eval: the training run's own eval (fake-quant for QAT models); value: "
               "the exported model in onnxruntime on the same rows.", ""]
+    for r in table_rows(summary):
+        if r["runtime"] == "ORT int8" and r["train_eval"] is not None:
+            d = 100 * (r["value"] - r["train_eval"])
+            lines.append(f"- {r['task']} {r['model']}: real int8 (onnxruntime) vs fake-quant "
+                         f"{r['metric']}: {d:+.2f} points (target: within 0.5; "
+                         f"{'met' if abs(d) <= 0.5 else 'missed'})")
+    lines.append("")
     lines += ["## Per-class precision / recall / F1 and confusion matrices", "",
               "| task | model | P (0 / 1) | R (0 / 1) | F1 (0 / 1) | confusion [[TN FP] [FN TP]] |",
               "|---|---|---|---|---|---|"]
