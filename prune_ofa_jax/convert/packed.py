@@ -178,6 +178,7 @@ def pack(flat_params: dict, model_config: dict, task: str, out, opts: PackOption
     head = json.dumps(header, sort_keys=True).encode()
     head_crc = struct.pack("<I", zlib.crc32(head))
     tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(head)) + head + head_crc)
         for b in blobs:
