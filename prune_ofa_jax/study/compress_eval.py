@@ -97,6 +97,9 @@ def latency(model_dir, onnx_path, batch_sizes, seq_len: int, budget_s: float,
     from prune_ofa_jax.bench import inference  # pylint: disable=import-outside-toplevel
     sess, int8 = session_for(model_dir, onnx_path)
     params, mcfg, _ = params_ckpt.load_params(model_dir)
+    if seq_len > mcfg.max_position_embeddings:
+        raise ValueError(f"--latency_seq_len {seq_len} exceeds the model's "
+                         f"max_position_embeddings {mcfg.max_position_embeddings}")
     fns = {"ort_int8" if int8 else "ort_fp32": lambda feed: sess.run(["logits"], feed)[0]}
     if torch_too:
         fns["torch_fp32"] = inference.torch_fn(params, mcfg, os.cpu_count() or 1)
