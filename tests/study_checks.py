@@ -12,8 +12,8 @@ from prune_ofa_jax.convert import qat_ranges
 from prune_ofa_jax.study import __main__ as study_main
 
 ARGS = ("--models", "dense,sparse,sparse_int8", "--tasks", "sst2,tweets", "--size", "test",
-        "--sweep_task", "sst2", "--sweep_levels", "0,0.8", "--latency_batches", "1", "--latency_seq_len", "32",
-        "--latency_budget_s", "0.05")
+        "--sweep_task", "sst2", "--sweep_levels", "0,0.8", "--latency_batches", "1",
+        "--latency_seq_len", "32", "--latency_budget_s", "0.05")
 
 
 def check(demo_dir, out, shared_data, capsys) -> None:
