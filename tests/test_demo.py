@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import transformers
 
+import study_checks
 import train_helpers
 from prune_ofa_jax import jsonio, pipeline
 from prune_ofa_jax.convert import hf as hf_convert
@@ -25,13 +26,15 @@ def _demo(root):
     return root / "run", summary, c
 
 
-def test_demo_pipeline(tmp_path):
+def test_demo_pipeline(tmp_path, shared_data, capsys):
     """One test, one build of the demo: the checks below share it (tests spread over
-    xdist workers would each build their own)."""
+    xdist workers would each build their own), and so does the :test-sized compression
+    study (tests/study_checks.py), which reuses the demo's SST-2 models."""
     demo = _demo(tmp_path)
     _every_stage_wrote_its_report_and_model(demo)
     _sparsity_in_report_export_and_table_agree(demo)
     _exports_reload_in_transformers_with_our_logits(demo)
+    study_checks.check(demo[0], tmp_path / "study", shared_data, capsys)
 
 
 def _every_stage_wrote_its_report_and_model(demo):

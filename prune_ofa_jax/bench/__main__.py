@@ -20,6 +20,10 @@ flags.DEFINE_string("out", "bench_results", "Output directory for bench.json.")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every teacher save/load at INFO
+    if FLAGS.config.suite == "inference":  # classifier latency: another bench, same command
+        from prune_ofa_jax.bench import inference  # pylint: disable=import-outside-toplevel
+        inference.run(FLAGS.config, FLAGS.out)
+        return
     from prune_ofa_jax.bench import core  # pylint: disable=import-outside-toplevel
     core.run(FLAGS.config, FLAGS.out)
 

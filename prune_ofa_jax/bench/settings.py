@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.suite = "all"               # all | kd (the reference all-token KD figures only) |
     #                               presets (the cost of each reference-preset choice) |
-    #                               input (pre-training input: bench/input.py)
+    #                               input (pre-training input: bench/input.py) |
+    #                               inference (classifier latency: bench/inference.py)
     c.model = "bert-small"        # an alias above or a models.config name (minilm-l6, ...)
     c.overrides = ""              # extra ModelConfig fields: "num_layers=2,vocab_size=1000"
     c.dtype = "float32"           # compute dtype of the CPU figures
@@ -38,6 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.compile_threads = 2         # variants compiled concurrently before any timing
     c.seed = 0
     c.accel_only = False          # only the GPU/TPU section (skip the CPU figures)
+    c.inference = ml_collections.ConfigDict()  # --config.suite=inference (seq: c.seq_len)
+    c.inference.models = "minilm-l6,bert-base-uncased"  # random init, 2 labels
+    c.inference.ckpt = ""         # instead: a real cls model (params dir or .pofa)
+    c.inference.batch_sizes = (1, 32)
+    c.inference.sparsity = 0.8    # the sparse variants' unstructured sparsity
+    c.inference.budget_s_per_batch = 60.0  # timed rounds per model and batch size
+    c.inference.min_rounds = 5
+    c.inference.max_rounds = 40
     c.accel = ml_collections.ConfigDict()   # GPU/TPU section (skipped on CPU)
     c.accel.model = "bert-base-uncased"
     c.accel.overrides = ""        # as c.overrides, for the accelerator model

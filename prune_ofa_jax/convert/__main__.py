@@ -2,7 +2,10 @@
 
   python -m prune_ofa_jax.convert import-hf --hf_dir DIR --out CKPT_DIR \
       [--task mlm|pretraining|cls|qa|base] [--num_labels N] [--init_missing_heads]
-  python -m prune_ofa_jax.convert export-hf --ckpt CKPT_DIR --out HF_DIR [--tokenizer_dir DIR]
+  python -m prune_ofa_jax.convert export-hf --ckpt CKPT_DIR|model.pofa --out HF_DIR [--tokenizer_dir DIR]
+  python -m prune_ofa_jax.convert pack --ckpt CKPT_DIR --out model.pofa \
+      [--format bitmask|csr|auto|dense] [--int8] [--int8_embeddings] [--fp16] [--codec zlib|none]
+  python -m prune_ofa_jax.convert unpack --packed model.pofa --out CKPT_DIR
 
 On bad input: one "error: ..." line on stderr, exit status 2, no output dir left behind.
 """
@@ -38,6 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True)
     exp.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from here")
     exp.add_argument("--overwrite", action="store_true")
+    pk = sub.add_parser("pack", help="params checkpoint -> compressed .pofa file")
+    pk.add_argument("--ckpt", required=True)
+    pk.add_argument("--out", required=True)
+    pk.add_argument("--format", choices=("bitmask", "csr", "auto", "dense"), default="auto",
+                    help="storage of the prunable tensors; auto: the smallest per tensor")
+    pk.add_argument("--int8", action="store_true", help="Dense kernels as int8 (QAT scale)")
+    pk.add_argument("--int8_embeddings", action="store_true", help="embedding tables as int8")
+    pk.add_argument("--fp16", action="store_true", help="other float values as fp16 (lossy)")
+    pk.add_argument("--codec", choices=("zlib", "none"), default="zlib",
+                    help="lossless stage per section (default zlib)")
+    pk.add_argument("--overwrite", action="store_true")
+    up = sub.add_parser("unpack", help=".pofa file -> params checkpoint")
+    up.add_argument("--packed", required=True)
+    up.add_argument("--out", required=True)
+    up.add_argument("--overwrite", action="store_true")
     return p
 
 
@@ -53,9 +71,16 @@ def _precheck(args) -> None:
     out = pathlib.Path(args.out)
     if out.exists() and not args.overwrite:
         raise CliError(f"output dir already exists: {out} (pass --overwrite)")
-    if args.command == "export-hf":
-        if not (pathlib.Path(args.ckpt) / "model.json").is_file():
+    if args.command in ("export-hf", "pack"):
+        ckpt = pathlib.Path(args.ckpt)
+        if args.command == "export-hf" and ckpt.is_file():
+            return  # a .pofa file: checked (magic, CRC) when read
+        if not (ckpt / "model.json").is_file():
             raise CliError(f"not a params checkpoint (no model.json): {args.ckpt}")
+        return
+    if args.command == "unpack":
+        if not pathlib.Path(args.packed).is_file():
+            raise CliError(f"packed file not found: {args.packed}")
         return
     hf_dir = pathlib.Path(args.hf_dir)
     if not hf_dir.is_dir():
@@ -80,11 +105,33 @@ def _import_hf(args) -> str:
 
 
 def _export_hf(args) -> str:
-    from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
-    params, model_config, task = params_ckpt.load_params(args.ckpt)
+    from prune_ofa_jax.convert import hf, pack_ckpt  # pylint: disable=import-outside-toplevel
+    params, model_config, task = pack_ckpt.load_any(args.ckpt)
     path = hf.export_hf(params, model_config, task, args.out, tokenizer_dir=args.tokenizer_dir,
                         overwrite=args.overwrite)
     return f"wrote HF {model_config.model_type} {task} model to {path}"
+
+
+def _pack(args) -> str:
+    from prune_ofa_jax.convert import pack_ckpt  # pylint: disable=import-outside-toplevel
+    opts = pack_ckpt.default_options(fmt=args.format, int8=args.int8, fp16=args.fp16,
+                                     int8_embeddings=args.int8_embeddings, codec=args.codec)
+    r = pack_ckpt.pack_checkpoint(args.ckpt, args.out, opts)
+    mb = lambda b: f"{b / 2**20:.2f} MB"  # noqa: E731
+    return (f"wrote {r['file']}: {mb(r['file_bytes'])} on disk, {r['x_vs_fp32']:.1f}x smaller "
+            f"than fp32 ({mb(r['fp32_bytes'])}); layout before the {args.codec} codec "
+            f"{mb(r['layout_bytes'])} ({r['x_vs_fp32_before_codec']:.1f}x, = the estimate of "
+            f"eval/compression.py for this storage; its best whole-model format "
+            f"{mb(r['estimate_best_bytes'])}); encoder sparsity {r['prunable_sparsity']:.3f}")
+
+
+def _unpack(args) -> str:
+    from prune_ofa_jax.convert import pack_ckpt  # pylint: disable=import-outside-toplevel
+    out = pack_ckpt.unpack_to_dir(args.packed, args.out, overwrite=args.overwrite)
+    return f"wrote params checkpoint {out}"
+
+
+COMMANDS = {"import-hf": _import_hf, "export-hf": _export_hf, "pack": _pack, "unpack": _unpack}
 
 
 def _quiet() -> None:
@@ -103,7 +150,7 @@ def main(argv=None) -> int:
         _quiet()
         from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
         try:
-            message = _import_hf(args) if args.command == "import-hf" else _export_hf(args)
+            message = COMMANDS[args.command](args)
         except (hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
             raise CliError(str(e)) from e
     except CliError as e:

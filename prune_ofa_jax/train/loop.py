@@ -32,7 +32,7 @@ from etils import epath
 
 from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax import jsonio, logs, presets
-from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.convert import params_ckpt, qat_ranges
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build as build_lib
@@ -300,6 +300,12 @@ def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
     params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
                             overwrite=True)
+    if run_.config.quant.enabled:  # the int8 export's ranges (gathered on every process)
+        quant_stats = mesh_lib.to_host(state.quant_stats)
+        if jax.process_index() == 0:
+            qat_ranges.save(workdir / "model", quant_stats,
+                            {k: v for k, v in run_.config.quant.to_dict().items()
+                             if k != "enabled"})
     stats = masks_lib.sparsity_report(params, mesh_lib.to_host(state.masks))
     report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
