@@ -131,23 +131,33 @@ def _describe(run_, workdir: pathlib.Path) -> None:
              workdir)
 
 
-def run(config, workdir) -> dict:
-    """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
+def run(config, workdir, build_fn=None) -> dict:
+    """Train per `config` in `workdir`; returns the report dict (also written as report.json).
+
+    build_fn: config -> Run (default `train.build.build`). A capability with a step of its
+    own (the NAS supernet, nas/supernet.py) passes its builder; its Run may define
+    `evaluate(state, data) -> metrics` and `saved_task` (the task recorded with the model)."""
     config = presets.resolve(config)
     validate_lib.validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with logs.to_file(workdir), _sigterm_flag() as sigterm:
-        return _run(config, workdir, sigterm)
+        return _run(config, workdir, sigterm, build_fn or build_lib.build)
 
 
-def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
+def _evaluate(run_, state, data) -> dict:
+    if hasattr(run_, "evaluate"):
+        return run_.evaluate(state, data)
+    return evaluate_lib.evaluate(run_, state, data)
+
+
+def _run(config, workdir: pathlib.Path, sigterm: threading.Event, build_fn) -> dict:
     mesh_lib.maybe_initialize_distributed()
     t_start = time.time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    run_ = build_lib.build(config)
+    run_ = build_fn(config)
     ckpt_dir = workdir / "checkpoints"
     manager = ckpt_lib.make_manager(ckpt_dir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
@@ -178,7 +188,7 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
             if evaluate_now or save_now:
                 checks.flush()  # this state's own metrics, before it is used
             if evaluate_now:
-                _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
+                _log_eval(writer, done, _evaluate(run_, state, data))
             if save_now:
                 ckpt_lib.save(manager, done, state, meta)
                 log.info("checkpoint: step %d -> %s", done, ckpt_dir)
@@ -191,7 +201,7 @@ def _run(config, workdir: pathlib.Path, sigterm: threading.Event) -> dict:
         manager.wait_until_finished()
         if bar is not None:
             bar.close()
-    final_eval = evaluate_lib.evaluate(run_, state, data)
+    final_eval = _evaluate(run_, state, data)
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start)
@@ -237,10 +247,10 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
 def _finish(run_, state, workdir, final_eval, wall) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = jax.device_get(masks_lib.apply_masks(state.params, state.masks))
-    params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
-                            overwrite=True)
+    task = getattr(run_, "saved_task", run_.config.task)
+    params_ckpt.save_params(workdir / "model", params, run_.model_config, task, overwrite=True)
     stats = masks_lib.sparsity_report(params, state.masks)
-    report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
+    report = jsonio.clean({"task": task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
                            "eval": {k: float(v) for k, v in final_eval.items()},
                            "sparsity": stats, "model_dir": str(workdir / "model")})
