@@ -74,6 +74,7 @@ def _test(c):
     n.search.generation = 2
     n.search.parents = 2
     n.search.budget = 3
+    n.fitness.tasks = ("mrpc",)
     n.fitness.steps = 2
     n.fitness.batch_size = 8
     n.fitness.seq_len = 32
