@@ -13,6 +13,7 @@ import ml_collections
 def defaults() -> ml_collections.ConfigDict:
     n = ml_collections.ConfigDict()
     n.init_from_teacher = True         # supernet starts as the teacher (else random init)
+    n.rewire = False                   # True: units sorted by weight magnitude first (rewire.py)
     n.space = ml_collections.ConfigDict()          # (min, max, step) per dimension
     n.space.layers = (1, 6, 1)
     n.space.hidden = (96, 384, 48)     # multiples of 12: exported with 12 HF heads, see extract

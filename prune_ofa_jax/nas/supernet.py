@@ -35,6 +35,7 @@ from prune_ofa_jax import presets
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.nas import elastic
+from prune_ofa_jax.nas import rewire as rewire_lib
 from prune_ofa_jax.nas import space as space_lib
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
@@ -198,10 +199,14 @@ def load_teacher(path: str):
     return params, tcfg
 
 
-def _aux_fit(hidden: int, teacher_hidden: int, identity: bool, seed: int) -> dict:
-    """W_fit: identity when the supernet starts from the teacher (the full arch then matches
-    h_T at step 0), else BERT's normal(0.02) init."""
-    if identity:
+def _aux_fit(hidden: int, teacher_hidden: int, from_teacher: bool, seed: int,
+             perm=None) -> dict:
+    """W_fit: when the supernet starts from the teacher, the map that makes the full arch
+    match h_T at step 0 (identity, or the rewiring's inverse permutation); else BERT's
+    normal(0.02) init."""
+    if perm is not None:
+        kernel = jnp.asarray(rewire_lib.fit_init(perm, teacher_hidden))
+    elif from_teacher:
         kernel = jnp.eye(hidden, teacher_hidden, dtype=jnp.float32)
     else:
         kernel = 0.02 * jax.random.normal(jax.random.key(seed + 1), (hidden, teacher_hidden))
@@ -227,15 +232,18 @@ def build(config, mesh=None) -> SupernetRun:
                              tcfg.num_heads, "config.nas.space (largest arch)")
     buckets = space_lib.Buckets.from_config(config.nas.buckets, space)
     model = bert.BertFamily(tcfg, "base")
+    perm = None
     if config.init.path:
         params, _ = load_teacher(config.init.path)
+        if config.nas.rewire:
+            params, perm = rewire_lib.rewire(jax.device_get(params), tcfg.num_heads)
     else:
         params = bert.init_params(model, jax.random.key(config.seed))
     lr_fn = optim.learning_rate_fn(config.optim, config.train.steps)
     tx = optim.make_optimizer(config.optim, lr_fn)
     p_shard = mesh_lib.param_shardings(params, bert.logical_specs(model), mesh, rules)
     aux_part = aux_lib.Part(_aux_fit(tcfg.hidden_size, tcfg.hidden_size,
-                                     bool(config.init.path), config.seed), tx)
+                                     bool(config.init.path), config.seed, perm), tx)
     aux, aux_tx, aux_shard = aux_lib.combine({"fit": aux_part}, mesh)
     masks = jax.tree.map(lambda _: None, params)
     state_shardings = TrainState(
