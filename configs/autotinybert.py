@@ -73,7 +73,7 @@ def _test(c):
     n.search.window = (0.5, 2.0)       # the tiny models' latencies are mostly overhead
     n.search.generation = 2
     n.search.parents = 2
-    n.search.budget = 3
+    n.search.budget = 2
     n.fitness.tasks = ("mrpc",)
     n.fitness.steps = 2
     n.fitness.batch_size = 8
@@ -82,6 +82,6 @@ def _test(c):
     n.fitness.eval_subset = 32
     n.finetune.steps = 2
     n.finetune.batch_size = 8
-    n.finetune.seq_len = 32
+    n.finetune.seq_len.mrpc = 32
     n.finetune.train_subset = 64
     n.finetune.uniform_layers = (1,)

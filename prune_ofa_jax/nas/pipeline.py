@@ -191,7 +191,10 @@ def finetune_config(c, hf_dir: str, task: str):
     ft.preset = ""
     ft.seed = c.seed
     ft.init.path, ft.init.init_missing_heads = hf_dir, True
-    ft.data.root, ft.data.seq_len, ft.data.train_subset = c.data.root, f.seq_len, f.train_subset
+    if task not in f.seq_len:
+        raise ValueError(f"config.nas.finetune.seq_len has no entry for task {task!r}")
+    ft.data.root, ft.data.seq_len, ft.data.train_subset = c.data.root, f.seq_len[task], \
+        f.train_subset
     ft.train.steps, ft.train.epochs, ft.train.batch_size = f.steps, 0, f.batch_size
     ft.train.eval_batch_size, ft.train.log_every = 128, max(1, min(50, f.steps))
     ft.train.progress = False
