@@ -156,8 +156,12 @@ def log_dir(workdir) -> pathlib.Path:
     return LOCAL_LOGS / str(workdir).replace("://", "_").replace("/", "_")
 
 
-def run(config, workdir) -> dict:
-    """Train per `config` in `workdir`; returns the report dict (also written as report.json)."""
+def run(config, workdir, build_fn=None) -> dict:
+    """Train per `config` in `workdir`; returns the report dict (also written as report.json).
+
+    build_fn: config -> Run (default `train.build.build`). A capability with a step of its
+    own (the NAS supernet, nas/supernet.py) passes its builder; its Run may define
+    `evaluate(state, data) -> metrics` and `saved_task` (the task recorded with the model)."""
     mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
     config = presets.resolve(config)
     validate_lib.validate(config)
@@ -167,7 +171,7 @@ def run(config, workdir) -> dict:
     name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
     with logs.to_file(logdir, name), _sigterm_flag() as sigterm:
         try:
-            return _run(config, workdir, sigterm)
+            return _run(config, workdir, sigterm, build_fn or build_lib.build)
         finally:
             if str(logdir) != str(workdir) and jax.process_index() == 0:
                 for f in ("log.txt", "metrics.jsonl"):
@@ -175,12 +179,18 @@ def run(config, workdir) -> dict:
                         epath.Path(logdir / f).copy(workdir / f, overwrite=True)
 
 
-def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
+def _evaluate(run_, state, data) -> dict:
+    if hasattr(run_, "evaluate"):
+        return run_.evaluate(state, data)
+    return evaluate_lib.evaluate(run_, state, data)
+
+
+def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dict:
     t_start, cpu_start = time.time(), time.process_time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    run_ = build_lib.build(config)
+    run_ = build_fn(config)
     ckpt_dir = workdir / "checkpoints"
     manager = ckpt_lib.make_manager(ckpt_dir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
@@ -211,7 +221,7 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
             if evaluate_now or save_now:
                 checks.flush()  # this state's own metrics, before it is used
             if evaluate_now:
-                _log_eval(writer, done, evaluate_lib.evaluate(run_, state, data))
+                _log_eval(writer, done, _evaluate(run_, state, data))
             if save_now:  # the iterator has served exactly the batches trained so far
                 ckpt_lib.save(manager, done, state, meta, data=feed.iterator)
                 log.info("checkpoint: step %d -> %s", done, ckpt_dir)
@@ -227,7 +237,7 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event) -> dict:
         feed.close()
         if bar is not None:
             bar.close()
-    final_eval = evaluate_lib.evaluate(run_, state, data)
+    final_eval = _evaluate(run_, state, data)
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start,
@@ -298,8 +308,8 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
 def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
-    params_ckpt.save_params(workdir / "model", params, run_.model_config, run_.config.task,
-                            overwrite=True)
+    task = getattr(run_, "saved_task", run_.config.task)
+    params_ckpt.save_params(workdir / "model", params, run_.model_config, task, overwrite=True)
     if run_.config.quant.enabled:  # the int8 export's ranges (gathered on every process)
         quant_stats = mesh_lib.to_host(state.quant_stats)
         if jax.process_index() == 0:
@@ -307,7 +317,7 @@ def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
                             {k: v for k, v in run_.config.quant.to_dict().items()
                              if k != "enabled"})
     stats = masks_lib.sparsity_report(params, mesh_lib.to_host(state.masks))
-    report = jsonio.clean({"task": run_.config.task, "steps": int(state.step),
+    report = jsonio.clean({"task": task, "steps": int(state.step),
                            "wall_time_s": round(wall, 2),
                            "cpu_time_s": round(cpu, 2),  # this process, all threads
                            "eval": {k: float(v) for k, v in final_eval.items()},

@@ -1,0 +1,87 @@
+"""AutoTinyBERT (Yin et al., ACL 2021) on our model family, scaled to the MiniLM-L6 teacher:
+supernet -> latency table + predictor -> evolutionary search per speedup -> extraction ->
+fine-tune of the found models beside uniform shrinking (prune_ofa_jax/nas/pipeline.py).
+
+  python -m prune_ofa_jax.nas --config configs/autotinybert.py --workdir /work/runs/autotinybert
+Args: "" (the run measured in the README, ~90 min on 2 CPU cores) or "test" (a tiny random
+teacher and a few steps per stage: minutes; the suite's). Every key: prune_ofa_jax/nas/config.py
+(config.nas) and config_base.py (the supernet run: train.*, optim.*, data.*, mesh.*).
+"""
+
+from prune_ofa_jax import paths
+from prune_ofa_jax.nas import pipeline
+
+
+def get_config(arg: str = ""):
+    c = pipeline.base_config()
+    c.preset = ""                      # config_base's defaults (no Prune OFA preset applies)
+    c.task = "mlm"                     # the pre-training text pipeline (corruption undone)
+    c.data.nsp = False
+    c.data.kind = "text"
+    c.data.text_files = ("wikitext2/*.txt", "text_state_union/*.txt",
+                         "text_gutenberg_nltk/*.txt")
+    c.teacher.path = str(paths.minilm_dir())   # the dense teacher; the supernet starts from it
+    c.data.seq_len = 64
+    c.train.batch_size = 32
+    c.train.steps = 600
+    c.train.log_every = 20
+    c.train.eval_batch_size = 32
+    c.train.progress = False
+    c.data.eval_batches = 4
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 60
+    c.checkpoint.every = 100
+    c.checkpoint.keep = 1
+    if arg == "test":
+        _test(c)
+    elif arg:
+        raise ValueError(f"configs/autotinybert.py: unknown arg {arg!r}; use '' or 'test'")
+    return c
+
+
+def _test(c):
+    """A tiny random teacher (2 layers, 48 hidden, 12 heads of 4) and a few steps per stage."""
+    c.teacher.path = ""                # "": a random teacher of config.model (smoke tests)
+    c.model.name = "bert-base-uncased"
+    c.model.overrides.num_layers = 2
+    c.model.overrides.hidden_size = 48
+    c.model.overrides.intermediate_size = 64
+    c.model.overrides.max_position_embeddings = 64
+    c.data.text_files = ("wikitext2/valid.txt",)
+    c.data.seq_len = 32
+    c.data.train_subset = 0
+    c.train.batch_size = 16
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.train.eval_batch_size = 16
+    c.data.eval_batches = 1
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 0
+    c.checkpoint.every = 2
+    c.checkpoint.async_save = False
+    n = c.nas
+    n.space.layers, n.space.hidden, n.space.ffn, n.space.qkv = (1, 2, 1), (24, 48, 24), \
+        (32, 64, 32), (24, 48, 24)
+    n.buckets.hidden, n.buckets.ffn, n.buckets.qkv = (48,), (64,), (48,)
+    n.latency.batch_sizes = (1, 2)
+    n.latency.seq_len = 16
+    n.latency.num_archs = 6
+    n.latency.warmup = 1
+    n.latency.repeats = 2
+    n.predictor.steps = 200
+    n.search.speedups = (1.5, 3.0)
+    n.search.window = (0.5, 2.0)       # the tiny models' latencies are mostly overhead
+    n.search.generation = 2
+    n.search.parents = 2
+    n.search.budget = 2
+    n.fitness.tasks = ("mrpc",)
+    n.fitness.steps = 2
+    n.fitness.batch_size = 8
+    n.fitness.seq_len = 32
+    n.fitness.train_subset = 64
+    n.fitness.eval_subset = 32
+    n.finetune.steps = 2
+    n.finetune.batch_size = 8
+    n.finetune.seq_len.mrpc = 32
+    n.finetune.train_subset = 64
+    n.finetune.uniform_layers = (1,)

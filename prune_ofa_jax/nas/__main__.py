@@ -1,0 +1,41 @@
+"""AutoTinyBERT end to end: `python -m prune_ofa_jax.nas --config configs/autotinybert.py
+--workdir DIR [--config.nas.search.budget=50 ...] [--readme README.md]` (stages: nas/pipeline.py).
+Rerunning the command skips finished stages and resumes an interrupted one."""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", "configs/autotinybert.py",
+                                "configs/autotinybert.py[:test]", lock_config=True)
+flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per stage, report.json, table.md, "
+                    "autotinybert.png.")
+flags.DEFINE_string("readme", "", "Write the table and plot into this README's NAS section.")
+flags.DEFINE_bool("verbose", False, "Library INFO on the console too.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    del argv
+    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.nas import pipeline  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
+    f = flags.FLAGS
+    logs.setup_console(verbose=f.verbose)
+    try:
+        summary = pipeline.run(f.config, f.workdir)
+    except loop.Preempted as e:
+        print(f"[autotinybert] {e}", file=sys.stderr, flush=True)
+        sys.exit(143)
+    if f.readme:
+        from prune_ofa_jax.nas import report  # pylint: disable=import-outside-toplevel
+        report.update_readme(f.readme, summary, f.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,99 @@
+"""AutoTinyBERT's supernet as a run: the same loss on 8-way data parallel and 8-way FSDP,
+one compiled step per bucket (counted), exact resume; and configs/autotinybert.py:test end to
+end (report.json with "found" and "extracted", HF dirs that load in transformers)."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import train_helpers
+from prune_ofa_jax import presets
+from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.nas import pipeline, supernet
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import inputs, loop
+
+
+@pytest.fixture(scope="module")
+def nas_config(tmp_path_factory):
+    """configs/autotinybert.py:test with its random tiny teacher written once."""
+    c = train_helpers.recipe("autotinybert", "test", resolve=False)
+    root = tmp_path_factory.mktemp("nas")
+    return pipeline._teacher(c, root), root  # pylint: disable=protected-access
+
+
+def test_supernet_same_loss_dp_and_fsdp_one_compile_per_bucket(nas_config, monkeypatch):
+    c, _ = nas_config
+    c = presets.resolve(c)
+    c.nas.buckets.hidden = (24, 48)   # two compiled shapes
+    traces = []
+    real = supernet.supernet_step
+    monkeypatch.setattr(supernet, "supernet_step",
+                        lambda *a, **k: (traces.append(k["shape"]), real(*a, **k))[1])
+    data = inputs.make_sources(c)
+    losses = {}
+    for key, mesh in (("dp8", mesh_lib.make_mesh(8, 1, 1)), ("fsdp8", mesh_lib.make_mesh(1, 8, 1))):
+        traces.clear()
+        run = supernet.build(c, mesh=mesh)
+        if key == "fsdp8":
+            assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(run.state_shardings.params))
+        state, losses[key] = run.state, []
+        for step in range(6):
+            batch = mesh_lib.global_batch(data.train.batch(step), mesh)
+            state, metrics = run.step_fn(state, run.teacher_params, batch)
+            losses[key].append(float(metrics["loss"]))
+            assert int(metrics["hidden"]) == run.step_fn.arch_at(step).hidden
+        shapes = {run.buckets.of(run.step_fn.arch_at(s)) for s in range(6)}
+        assert len(shapes) == 2  # both buckets drawn (seeded), each compiled once
+        assert run.step_fn.compiles == len(traces) == len(shapes) == len(set(traces))
+    assert np.all(np.isfinite(losses["dp8"]))
+    np.testing.assert_allclose(losses["fsdp8"], losses["dp8"], rtol=0, atol=1e-5)
+
+
+def _interrupting(real, step_at: int):
+    def make(cfg):
+        src = real(cfg)
+        batch = src.train.batch
+
+        def interrupted(step):
+            if step == step_at and cfg.task == "mlm":
+                raise KeyboardInterrupt("simulated kill")
+            return batch(step)
+        src.train.batch = interrupted
+        return src
+    return make
+
+
+def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch):
+    import transformers
+    c, root = nas_config
+    straight = loop.run(c, root / "straight", build_fn=supernet.build)
+    wd = root / "pipeline"
+    real = inputs.make_sources
+    monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 3))
+    with pytest.raises(KeyboardInterrupt):   # killed in the supernet stage after step 2
+        pipeline.run(c, wd)
+    monkeypatch.setattr(inputs, "make_sources", real)
+    report = pipeline.run(c, wd)             # the same command: resumes, then the rest
+    assert "resumed from step 2" in (wd / "1_supernet" / "log.txt").read_text()
+    a, _, _ = params_ckpt.load_params(root / "straight" / "model")
+    b, _, _ = params_ckpt.load_params(wd / "1_supernet" / "model")
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert straight["steps"] == 4
+    on_disk = json.loads((wd / "report.json").read_text())
+    assert set(on_disk["found"]) == {"1.5x", "3x"} and on_disk["found"] == report["found"]
+    for key, f in on_disk["found"].items():
+        assert set(f["arch"]) == {"layers", "hidden", "ffn", "qkv"}
+        assert set(f["predicted_ms"]) == set(f["measured_ms"]) == {"1", "2"}
+        lo, hi = f["window_ms"]
+        assert lo <= f["predicted_ms"]["1"] <= hi
+        assert 0.0 <= f["finetuned"]["mrpc"]["accuracy"] <= 1.0
+        assert on_disk["extracted"][f"searched_{key}"] == f["hf_dir"]
+    for path in on_disk["extracted"].values():
+        model = transformers.BertModel.from_pretrained(path)
+        assert model.config.hidden_size in (24, 48)
+    assert (wd / "autotinybert.png").stat().st_size > 1000
+    assert on_disk["latency"]["n_archs"] >= 4 and on_disk["prune_ofa"]["sparsity"] == 0.8
