@@ -94,8 +94,9 @@ def _signature(run) -> dict:
     sig = {"model": run.model_config.to_dict(), "task": cfg.task, "num_labels": cfg.num_labels,
            "sparsity_enabled": cfg.sparsity.enabled, "qat": cfg.quant.enabled,
            "grad_accum": cfg.train.grad_accum, "batch_size": cfg.train.batch_size}
-    if run.method.name not in ("fixed", "magnitude"):  # its scores are in the state
-        sig["sparsity_method"] = run.method.name   # (absent before: old checkpoints resume)
+    method = getattr(run, "method", None)  # a build_fn's Run (NAS) may have none
+    if method is not None and method.name not in ("fixed", "magnitude"):  # scores in state
+        sig["sparsity_method"] = method.name   # (absent before: old checkpoints resume)
     return sig
 
 
