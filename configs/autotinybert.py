@@ -69,8 +69,11 @@ def _test(c):
     n.latency.warmup = 1
     n.latency.repeats = 2
     n.predictor.steps = 200
-    n.search.speedups = (1.5, 3.0)
-    n.search.window = (0.5, 2.0)       # the tiny models' latencies are mostly overhead
+    # The tiny models' latencies are mostly fixed overhead, so no arch is reliably 3x faster
+    # than the teacher (the window came out empty on a quiet machine): small speedups and a
+    # wide window keep the search's mechanics under test, whatever the timer says.
+    n.search.speedups = (1.0, 1.25)
+    n.search.window = (0.25, 4.0)
     n.search.generation = 2
     n.search.parents = 2
     n.search.budget = 2

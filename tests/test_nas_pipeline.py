@@ -84,7 +84,7 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert straight["steps"] == 4
     on_disk = json.loads((wd / "report.json").read_text())
-    assert set(on_disk["found"]) == {"1.5x", "3x"} and on_disk["found"] == report["found"]
+    assert set(on_disk["found"]) == {"1x", "1.25x"} and on_disk["found"] == report["found"]
     for key, f in on_disk["found"].items():
         assert set(f["arch"]) == {"layers", "hidden", "ffn", "qkv"}
         assert set(f["predicted_ms"]) == set(f["measured_ms"]) == {"1", "2"}

@@ -130,15 +130,15 @@ def _describe(run_, workdir) -> None:
     if run_.teacher is not None:
         log.info("teacher (frozen): %s; KD weight %g, T=%g", c.teacher.path,
                  c.distill.kd_weight, c.distill.temperature)
-    method = run_.method
-    if c.sparsity.enabled:
+    method = getattr(run_, "method", None)  # a build_fn's Run (NAS) may have none
+    if c.sparsity.enabled and method is not None:
         log.info("pruning: %s (%s, %s) to %.0f%%; schedule over steps %d-%d, masks every %d, "
                  "frozen at %d", method.name, method.distribution, c.sparsity.pattern,
                  100 * c.sparsity.target, c.sparsity.begin_step, c.sparsity.end_step,
                  c.sparsity.update_every, c.sparsity.freeze_step)
     elif c.sparsity.lock_pattern:
         log.info("sparsity pattern of the init weights locked")
-    if method.frozen_weights:
+    if method is not None and method.frozen_weights:
         log.info("weights frozen (bit-identical): everything under backbone/; heads train")
     log.info("run: %d steps, batch %d x %d tokens, mesh %s (%d devices), %s", c.train.steps,
              c.train.batch_size, c.data.seq_len, dict(run_.mesh.shape), run_.mesh.size,
