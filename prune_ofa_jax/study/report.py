@@ -78,6 +78,17 @@ def _ret(m: dict) -> str:
     return f"{100 * m['retention_mean']:.1f}{spread} %"
 
 
+def _cost(summary: dict) -> str:
+    """What the whole study cost: its runs' wall and CPU time summed (a resumed study's last
+    invocation alone would understate it)."""
+    text = f"Whole study: {summary.get('run_wall_time_s', 0) / 60:.1f} min of run wall time"
+    n, runs = summary.get("runs_with_cpu_time", 0), summary.get("runs", 0)
+    if n:
+        text += (f", {summary['run_cpu_time_s'] / 60:.1f} min of CPU time"
+                 + (f" ({n} of its {runs} runs record it)" if n < runs else ""))
+    return text + "."
+
+
 def markdown(summary: dict) -> str:
     tasks = list(summary["rows"][0]["tasks"])
     head = ["row"] + [f"{METRICS[t][1]}" for t in tasks] + [
@@ -98,8 +109,7 @@ def markdown(summary: dict) -> str:
     lines.append(f"Mean ± half the range over {n} seeds (seeds {summary['seeds']}); retention = "
                  "sparse / dense of the same seed, on the first metric. Wall = this row's "
                  f"upstream and fine-tune runs, all seeds; teacher preparation "
-                 f"({summary['teacher_wall_s']:.0f} s) is shared. Whole study: "
-                 f"{summary.get('wall_time_s', 0) / 60:.1f} min.")
+                 f"({summary['teacher_wall_s']:.0f} s) is shared. {_cost(summary)}")
     return "\n".join(lines) + "\n"
 
 
