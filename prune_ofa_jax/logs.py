@@ -67,9 +67,14 @@ def to_file(workdir, name: str = "log.txt"):
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(_FILE_FORMAT))
     root = logging.getLogger()
-    old_level = root.level
+    # absl (Orbax logs through it) drops records below its own threshold before any handler
+    # sees them; a CLI that quiets it for its console (bench, study) must not empty the file.
+    absl = logging.getLogger("absl")
+    old_level, old_absl = root.level, absl.level
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    if absl.level > logging.INFO:
+        absl.setLevel(logging.INFO)
     root.addHandler(handler)
     try:
         yield path
@@ -77,3 +82,4 @@ def to_file(workdir, name: str = "log.txt"):
         root.removeHandler(handler)
         handler.close()
         root.setLevel(old_level)
+        absl.setLevel(old_absl)
