@@ -23,7 +23,6 @@ the study. WORKDIR/summary.json, table.md and masks.png hold the result.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pathlib
@@ -107,7 +106,7 @@ def _row_config(p, task: str, t, row: str, target, seed: int):
     c.optim.lr = p.head_lr if frozen else p.lr
     c.model.cls_head = p.frozen_head if frozen else "default"
     c.sparsity.frozen_weights = frozen
-    q = copy.deepcopy(p)
+    q = ml_collections.ConfigDict(p.to_dict())  # an unlocked copy (the CLI flag's is locked)
     q.preset, q.seed, q.seq_len = presets.REFERENCE, seed, t.seq_len
     pipeline.small_run(c, q, p.steps)
     c.checkpoint.every = p.checkpoint_every
