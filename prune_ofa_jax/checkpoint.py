@@ -10,6 +10,7 @@ instead of a shape mismatch deep inside Orbax. The teacher is never saved.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import grain.checkpoint as grain_ckpt
@@ -34,8 +35,12 @@ def _array_writes_across_processes_only() -> None:
     want = jax.process_count() > 1
     handler = ocp.type_handlers.get_type_handler(jax.Array)
     if getattr(handler, "_use_replica_parallel", want) != want:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=want), override=True)
+        # A copy of the registered handler (its array-metadata store and the rest kept as
+        # Orbax set them), this one setting changed; Orbax has no public switch for it in
+        # the CheckpointManager API.
+        handler = copy.copy(handler)
+        handler._use_replica_parallel = want  # pylint: disable=protected-access
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 def make_manager(directory, *, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
