@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prune_ofa_jax import paths
+
 DATA = "data"
 
 
@@ -50,10 +52,7 @@ def make_manager(directory, *, keep: int = 3, async_save: bool = True) -> ocp.Ch
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
         create=True)
-    directory = epath.Path(directory)
-    if not str(directory).startswith(("gs://", "s3://")):
-        directory = epath.Path(directory.absolute())
-    return ocp.CheckpointManager(directory, options=options,
+    return ocp.CheckpointManager(paths.absolute(directory), options=options,
                                  item_names=("state", "meta", DATA))
 
 

