@@ -25,6 +25,7 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     del shared_data
     p = _config()
     p.base_model = tiny_ckpts["bert"]  # the tiny 2-layer BERT; the student takes layer 1
+    p.lock()  # as the CLI's config flag hands it over
     summary = distiller.run(p, tmp_path)
     tasks = list(p.tasks)
     assert [r["row"] for r in summary["rows"]] == list(p.rows) + ["autodistiller"]

@@ -10,7 +10,6 @@ interrupted one resumes, so rerunning a command continues it.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import pathlib
@@ -76,7 +75,7 @@ def settings(size: str = "") -> ml_collections.ConfigDict:
 
 
 def _small(c, p, *, seed: int, seq_len: int, batch: int, steps: int):
-    q = copy.deepcopy(p)
+    q = ml_collections.ConfigDict(p.to_dict())  # an unlocked copy (the CLI flag's is locked)
     q.seed, q.seq_len, q.batch_size = seed, seq_len, batch
     return pipeline.small_run(c, q, steps)
 
