@@ -100,6 +100,7 @@ def _task_config(p, task: str):
     c = recipes.finetune(t.kind, task if t.kind == "glue" else "sst2")
     c.data.train_subset, c.data.eval_subset = t.train_subset, t.eval_subset
     c.sparsity.lock_pattern = False
+    c.init.init_missing_heads = True  # MiniLM and the students are bare encoders: fresh heads
     return c
 
 
