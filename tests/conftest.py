@@ -24,6 +24,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -38,7 +39,20 @@ SHARED_DATA = pathlib.Path(
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
+# No size limit inside JAX: with one, every write lists and stats the whole cache to pick
+# what to evict (quadratic over the suite: ~0.1 s per compile once it holds ~1,000 programs).
+# The bound is kept once per session instead (pytest_configure below).
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", "-1")
+CACHE_LIMIT_BYTES = 2 * 2**30
+
+
+def pytest_configure(config):
+    """Empties the compilation cache once it is over CACHE_LIMIT_BYTES (controller only)."""
+    cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    if hasattr(config, "workerinput") or not cache.is_dir():
+        return
+    if sum(f.stat().st_size for f in cache.iterdir()) > CACHE_LIMIT_BYTES:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def pytest_xdist_auto_num_workers(config):
