@@ -9,7 +9,7 @@ import pytest
 
 import train_helpers
 from prune_ofa_jax.distill import autodistiller, pipelines
-from prune_ofa_jax.study import distiller, distiller_report
+from prune_ofa_jax.study import distiller, readme
 
 
 def _config():
@@ -47,14 +47,19 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert (tmp_path / "distiller.png").stat().st_size > 1000
     md = (tmp_path / "table.md").read_text()
     assert "AutoDistiller's pick" in md and "MRPC F1" in md
-    section = distiller_report.readme_section(summary, tmp_path)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{distiller_report.BEGIN}\nold\n{distiller_report.END}\n## Layout\n")
-    distiller_report.update_readme(readme, section)
-    assert "old" not in readme.read_text() and "docs/distiller.png" in readme.read_text()
+    begin, end = readme.markers("distiller")
+    (tmp_path / "repo").mkdir()
+    path = tmp_path / "repo" / "README.md"
+    path.write_text(f"# x\n{begin}\nold\n{end}\n## Layout\n")
+    readme.write(path, "distiller", md, tmp_path / "distiller.png", "study", "cmd")
+    text = path.read_text()
+    assert "old" not in text and "(docs/distiller.png)" in text and md in text
+    assert text.endswith(f"{end}\n## Layout\n") and (tmp_path / "repo/docs/distiller.png").exists()
 
     again = distiller.run(p, tmp_path)   # rerun: everything is done before, nothing trains
     assert again["rows"] == summary["rows"] and again["wall_time_s"] < summary["wall_time_s"]
+    # the cost reported is every run's, not the last invocation's
+    assert again["run_wall_time_s"] == summary["run_wall_time_s"] > again["wall_time_s"]
     with pytest.raises(ValueError, match="other settings"):
         p.steps += 1
         distiller.run(p, tmp_path)

@@ -45,4 +45,5 @@ def test_mask_study_test_size(tiny_ckpts, shared_data, tmp_path, capsys):
     again = study.run(p, tmp_path)  # a rerun continues: nothing left to do
     assert "done before, skipping" in capsys.readouterr().out
     assert again["scores"] == summary["scores"]
+    assert again["run_wall_time_s"] == summary["run_wall_time_s"] > again["wall_time_s"]
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == list(study.ROWS)

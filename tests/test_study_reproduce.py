@@ -11,7 +11,7 @@ from prune_ofa_jax import jsonio, presets
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
-from prune_ofa_jax.study import report, reproduce
+from prune_ofa_jax.study import readme, report, reproduce
 
 
 def _resolved(runs, name):
@@ -77,10 +77,12 @@ def test_tiny_study_end_to_end(tmp_path):
                                ofa["accuracy"]["mean"] / dense["accuracy"]["mean"])
     jsonio.loads_strict((tmp_path / "study" / "summary.json").read_text())
     assert (tmp_path / "study" / "reproduce.png").stat().st_size > 1000
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
-    report.update_readme(readme, reproduce.readme_section(summary, "runs/x"))
-    text = readme.read_text()
+    path = tmp_path / "README.md"
+    begin, end = readme.markers("reproduce")
+    path.write_text(f"intro\n{begin}\nold\n{end}\nrest\n")
+    readme.write(path, "reproduce", report.markdown(summary),
+                 tmp_path / "study" / "reproduce.png", "retention", "cmd")
+    text = path.read_text()
     assert "old" not in text and "| Prune OFA (all-token KD) |" in text and "rest" in text
     # Rerunning skips every finished run and gives the same table.
     again = reproduce.run(p, tmp_path / "study")

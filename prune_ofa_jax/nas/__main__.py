@@ -3,6 +3,7 @@
 Rerunning the command skips finished stages and resumes an interrupted one."""
 
 import os
+import pathlib
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +35,10 @@ def main(argv):
         sys.exit(143)
     if f.readme:
         from prune_ofa_jax.nas import report  # pylint: disable=import-outside-toplevel
-        report.update_readme(f.readme, summary, f.workdir)
+        from prune_ofa_jax.study import readme  # pylint: disable=import-outside-toplevel
+        readme.write(f.readme, "autotinybert", report.markdown(summary),
+                     pathlib.Path(f.workdir) / "autotinybert.png", "accuracy vs measured latency",
+                     "python -m prune_ofa_jax.nas --readme README.md")
 
 
 if __name__ == "__main__":

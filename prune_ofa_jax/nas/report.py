@@ -150,21 +150,3 @@ def plot(s: dict, path) -> None:
     plt.close(fig)
 
 
-BEGIN, END = "<!-- autotinybert:begin -->", "<!-- autotinybert:end -->"
-
-
-def update_readme(readme, summary: dict, workdir) -> None:
-    """Rewrites the README's text between the markers with the table (and copies the plot
-    to docs/autotinybert.png)."""
-    import shutil  # pylint: disable=import-outside-toplevel
-    readme = pathlib.Path(readme)
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to write between")
-    (readme.parent / "docs").mkdir(exist_ok=True)
-    shutil.copyfile(pathlib.Path(workdir) / "autotinybert.png",
-                    readme.parent / "docs" / "autotinybert.png")
-    body = (f"\n![accuracy vs measured latency](docs/autotinybert.png)\n\n{markdown(summary)}"
-            f"\n(Written by `python -m prune_ofa_jax.nas` from `{workdir}/report.json`.)\n")
-    head, rest = text.split(BEGIN, 1)
-    readme.write_text(head + BEGIN + body + END + rest.split(END, 1)[1])

@@ -22,6 +22,7 @@ meta-table into the package (distill/meta_table.csv).
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -29,6 +30,7 @@ import time
 
 from prune_ofa_jax import jsonio
 from prune_ofa_jax.distill import autodistiller, pipelines, runs, search
+from prune_ofa_jax.study import report as study_report
 
 
 
@@ -110,8 +112,9 @@ def run(p, workdir) -> dict:
         search.write_table(rows, root, "meta_table")
         summary = report.summarise(p, rows, picks, prepared, loto)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary["run_wall_time_s"] = round(sum(r["wall_s"] for r in rows) + sum(
-        prepared[t]["teacher_report"]["wall_time_s"] for t in p.tasks), 1)
+    # every run of the study: masked LM, teachers, fixed, searched and picked rows
+    summary.update(study_report.cost(json.loads(f.read_text())
+                                     for f in sorted(root.glob("*/report.json"))))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(report.markdown(summary))
     report.plot(summary, root / "distiller.png")
@@ -132,16 +135,15 @@ def main(argv):
     from absl import flags  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax.study import distiller_report as report  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.study import readme  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     logs.setup_console(verbose=f.verbose)
     summary = run(f.config, f.workdir)
     if f.readme:
-        readme = pathlib.Path(f.readme)
-        (readme.parent / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(pathlib.Path(f.workdir) / "distiller.png",
-                        readme.parent / "docs" / "distiller.png")
         shutil.copyfile(pathlib.Path(f.workdir) / "meta_table.csv", autodistiller.TABLE)
-        report.update_readme(readme, report.readme_section(summary, f.workdir))
+        readme.write(f.readme, "distiller", report.markdown(summary),
+                     pathlib.Path(f.workdir) / "distiller.png", "Distiller study",
+                     "python -m prune_ofa_jax.study.distiller --readme README.md")
         _say(f"wrote the table and plot into {f.readme}; meta-table -> {autodistiller.TABLE}")
 
 

@@ -5,16 +5,15 @@ evaluation, as JSON, a Markdown table, a plot, and the README section between th
 from __future__ import annotations
 
 import pathlib
-import re
 
 import numpy as np
 
 from prune_ofa_jax.distill import runs
+from prune_ofa_jax.study import report as study_report
 
 LABELS = {"student": "student alone", "logits_kd": "logits KD",
           "hidden_mse": "+ hidden MSE", "mi_alpha": "+ MI-alpha (instead of MSE)",
           "augment": "+ augmentation (contextual)", "autodistiller": "AutoDistiller's pick"}
-BEGIN, END = "<!-- distiller:begin -->", "<!-- distiller:end -->"
 
 
 def summarise(p, rows: list, picks: dict, prepared: dict, loto: dict) -> dict:
@@ -61,7 +60,7 @@ def markdown(summary: dict) -> str:
               f"students: 3 layers from MiniLM-L6's {{1, 3, 5}}, "
               f"{summary['settings']['steps']} steps of {summary['settings']['batch_size']} "
               "rows (augmentation: + as many augmented rows). "
-              f"Whole study: {summary.get('wall_time_s', 0) / 60:.1f} min.", ""]
+              + study_report.cost_line(summary), ""]
     if not summary["picks"]:
         return "\n".join(lines) + "\n"
     lines.append("AutoDistiller (fitted on the other tasks' rows only):")
@@ -113,18 +112,3 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def readme_section(summary: dict, workdir) -> str:
-    return (f"![Distiller study](docs/distiller.png)\n\n{markdown(summary)}"
-            f"\n(Written by the study into `{workdir}`; the plot is `{workdir}/distiller.png`, "
-            "copied to `docs/`.)\n")
-
-
-def update_readme(readme: pathlib.Path, section: str) -> None:
-    """Replace the text between BEGIN and END in `readme` with `section`."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to write the study into")
-    readme.write_text(re.sub(re.escape(BEGIN) + r".*?" + re.escape(END),
-                             lambda _: f"{BEGIN}\n{section}{END}", text, flags=re.S))

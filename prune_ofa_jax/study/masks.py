@@ -33,6 +33,7 @@ import ml_collections
 
 from prune_ofa_jax import jsonio, paths, pipeline, presets, recipes
 from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.study import report as study_report
 
 ROWS = ("dense", "feature", "magnitude", "gmp", "movement_hard", "movement_soft", "adaprune",
         "supermask")
@@ -190,7 +191,7 @@ def run(p, workdir) -> dict:
                  f"{masks_report.headline(r)}")
     summary = masks_report.summarise(p, runs, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary["run_wall_time_s"] = round(sum(r["wall_time_s"] for r in reports.values()), 1)
+    summary.update(study_report.cost(reports.values()))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(masks_report.markdown(summary))
     masks_report.plot(summary, root / "masks.png")
@@ -202,16 +203,14 @@ def main(argv):
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import masks_report  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.study import masks_report, readme  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     logs.setup_console(verbose=f.verbose)
     summary = run(f.config, f.workdir)
     if f.readme:
-        readme = pathlib.Path(f.readme)
-        (readme.parent / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(pathlib.Path(f.workdir) / "masks.png",
-                        readme.parent / "docs" / "masks.png")
-        masks_report.update_readme(readme, masks_report.readme_section(summary, f.workdir))
+        readme.write(f.readme, "masks", masks_report.markdown(summary),
+                     pathlib.Path(f.workdir) / "masks.png", "mask methods",
+                     "python -m prune_ofa_jax.study.masks --readme README.md")
         _say(f"wrote the table and plot into {f.readme}")
 
 

@@ -16,6 +16,8 @@ import re
 
 import numpy as np
 
+from prune_ofa_jax.study import report as study_report
+
 METRICS = {"sst2": ("accuracy", "SST-2 acc"), "mrpc": ("f1", "MRPC F1")}
 LABELS = {"dense": "full fine-tune (dense)", "feature": "feature extraction (frozen)",
           "magnitude": "magnitude, frozen weights", "gmp": "GMP during fine-tuning",
@@ -29,7 +31,6 @@ MATRICES = ("attention/query", "attention/key", "attention/value", "attention/ou
             "ffn/intermediate", "ffn/output")
 SHORT = {"attention/query": "q", "attention/key": "k", "attention/value": "v",
          "attention/output": "o", "ffn/intermediate": "ffn_in", "ffn/output": "ffn_out"}
-BEGIN, END = "<!-- masks:begin -->", "<!-- masks:end -->"
 _KERNEL = re.compile(r"encoder/layer_(\d+)/(attention/\w+|ffn/\w+)/kernel$")
 
 
@@ -168,7 +169,7 @@ def markdown(summary: dict) -> str:
               "(MRPC: F1 of the positive class). Sparsity reached: fraction of the covered "
               f"encoder weights pruned at the end, per task ({' / '.join(tasks)}). Paper: Gao "
               "et al. 2021, appendix Table 2, BERT-base dev (@50 % / @90 %). Wall: every run "
-              f"of the row. Whole study: {summary.get('wall_time_s', 0) / 60:.1f} min.", "",
+              f"of the row. {study_report.cost_line(summary)}", "",
               "The paper's BERT-base dev numbers (STS-B Spearman / SST-2 acc / MNLI acc): "
               + "; ".join(f"{LABELS[r]}{'' if t is None else f' @{round(100 * t)}%'}: "
                           + " / ".join(f"{v:.3f}" for v in vals)
@@ -259,19 +260,3 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def readme_section(summary: dict, workdir) -> str:
-    return (f"![mask methods](docs/masks.png)\n\n{markdown(summary)}"
-            f"\n(Written by the study into `{workdir}`; the plot is `{workdir}/masks.png`, "
-            "copied to `docs/`.)\n")
-
-
-def update_readme(readme: pathlib.Path, section: str) -> None:
-    """Replace the text between BEGIN and END in `readme` with `section`."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to write the study into")
-    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END),
-                 lambda _: f"{BEGIN}\n{section}{END}", text, flags=re.S)
-    readme.write_text(new)

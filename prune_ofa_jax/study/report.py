@@ -5,7 +5,6 @@ and the README section between the markers below."""
 from __future__ import annotations
 
 import pathlib
-import re
 
 import numpy as np
 
@@ -16,7 +15,6 @@ METRICS = {"sst2": (("accuracy",), "SST-2 acc"),
 LABELS = {"dense": "dense fine-tune", "prune_ofa": "Prune OFA (all-token KD)",
           "gmp_no_kd": "upstream GMP, no KD", "prune_ofa_fast": "Prune OFA, masked KD (fast)",
           "task_gmp": "task-specific GMP"}
-BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 
 
 def headline(ev: dict) -> str:
@@ -78,9 +76,18 @@ def _ret(m: dict) -> str:
     return f"{100 * m['retention_mean']:.1f}{spread} %"
 
 
-def _cost(summary: dict) -> str:
-    """What the whole study cost: its runs' wall and CPU time summed (a resumed study's last
-    invocation alone would understate it)."""
+def cost(reports) -> dict:
+    """The summary's cost fields from every run's report: wall and CPU time summed over the
+    runs (a resumed study's last invocation alone would understate it)."""
+    reports = list(reports)
+    cpu = [r["cpu_time_s"] for r in reports if "cpu_time_s" in r]  # (older reports lack it)
+    return {"run_wall_time_s": round(sum(r["wall_time_s"] for r in reports), 1),
+            "run_cpu_time_s": round(sum(cpu), 1), "runs_with_cpu_time": len(cpu),
+            "runs": len(reports)}
+
+
+def cost_line(summary: dict) -> str:
+    """The sentence the studies' tables end with, from cost()'s fields."""
     text = f"Whole study: {summary.get('run_wall_time_s', 0) / 60:.1f} min of run wall time"
     n, runs = summary.get("runs_with_cpu_time", 0), summary.get("runs", 0)
     if n:
@@ -109,7 +116,7 @@ def markdown(summary: dict) -> str:
     lines.append(f"Mean ± half the range over {n} seeds (seeds {summary['seeds']}); retention = "
                  "sparse / dense of the same seed, on the first metric. Wall = this row's "
                  f"upstream and fine-tune runs, all seeds; teacher preparation "
-                 f"({summary['teacher_wall_s']:.0f} s) is shared. {_cost(summary)}")
+                 f"({summary['teacher_wall_s']:.0f} s) is shared. {cost_line(summary)}")
     return "\n".join(lines) + "\n"
 
 
@@ -136,13 +143,3 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def update_readme(readme: pathlib.Path, section: str) -> None:
-    """Replace the text between BEGIN and END in `readme` with `section`."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers to write the study into")
-    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END),
-                 lambda _: f"{BEGIN}\n{section}{END}", text, flags=re.S)
-    readme.write_text(new)

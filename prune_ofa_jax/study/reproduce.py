@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import time
 
 import ml_collections
@@ -193,10 +192,7 @@ def run(p, workdir) -> dict:
                  f"{report.headline(reports[name]['eval'])}")
     summary = report.summarise(p, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary["run_wall_time_s"] = round(sum(r["wall_time_s"] for r in reports.values()), 1)
-    cpu = [r["cpu_time_s"] for r in reports.values() if "cpu_time_s" in r]  # (newer reports)
-    summary["run_cpu_time_s"], summary["runs_with_cpu_time"] = round(sum(cpu), 1), len(cpu)
-    summary["runs"] = len(reports)
+    summary.update(report.cost(reports.values()))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(report.markdown(summary))
     report.plot(summary, root / "reproduce.png")
@@ -208,24 +204,15 @@ def main(argv):
     del argv
     from absl import flags  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import report  # pylint: disable=import-outside-toplevel
+    from prune_ofa_jax.study import readme, report  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     logs.setup_console(verbose=f.verbose)
     summary = run(f.config, f.workdir)
     if f.readme:
-        readme = pathlib.Path(f.readme)
-        (readme.parent / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(pathlib.Path(f.workdir) / "reproduce.png",
-                        readme.parent / "docs" / "reproduce.png")
-        report.update_readme(readme, readme_section(summary, f.workdir))
+        readme.write(f.readme, "reproduce", report.markdown(summary),
+                     pathlib.Path(f.workdir) / "reproduce.png", "retention per task",
+                     "python -m prune_ofa_jax.study.reproduce --readme README.md")
         _say(f"wrote the table and plot into {f.readme}")
-
-
-def readme_section(summary: dict, workdir) -> str:
-    from prune_ofa_jax.study import report  # pylint: disable=import-outside-toplevel
-    return (f"![retention per task](docs/reproduce.png)\n\n{report.markdown(summary)}"
-            f"\n(Written by the study into `{workdir}`; the plot is "
-            f"`{workdir}/reproduce.png`, copied to `docs/`.)\n")
 
 
 if __name__ == "__main__":
