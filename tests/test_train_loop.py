@@ -12,7 +12,7 @@ import pytest
 
 import train_helpers
 from prune_ofa_jax import checkpoint as ckpt_lib
-from prune_ofa_jax import jsonio
+from prune_ofa_jax import jsonio, paths
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import schedules
@@ -159,3 +159,10 @@ def test_checkpoint_of_another_model_is_refused(init_dir, tmp_path):
     c.data.nsp = False
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="task"):
         loop.run(c, tmp_path)
+
+
+def test_logs_go_to_the_workdir_when_local_and_to_a_local_dir_for_a_bucket(tmp_path):
+    assert loop.log_dir(tmp_path / "run") == tmp_path / "run"
+    assert loop.log_dir("gs://bucket/runs/a") == loop.LOCAL_LOGS / "gs_bucket_runs_a"
+    assert str(paths.absolute("gs://bucket/runs/a")) == "gs://bucket/runs/a"
+    assert paths.absolute("rel").is_absolute()

@@ -31,7 +31,7 @@ import numpy as np
 from etils import epath
 
 from prune_ofa_jax import checkpoint as ckpt_lib
-from prune_ofa_jax import jsonio, logs, presets
+from prune_ofa_jax import jsonio, logs, paths, presets
 from prune_ofa_jax.convert import params_ckpt, qat_ranges
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
@@ -152,7 +152,7 @@ LOCAL_LOGS = pathlib.Path(tempfile.gettempdir()) / "prune_ofa_jax_logs"
 
 def log_dir(workdir) -> pathlib.Path:
     """Where log.txt, metrics.jsonl and tb/ are written: the workdir itself when it is local."""
-    if "://" not in str(workdir):
+    if not paths.is_bucket(workdir):
         return pathlib.Path(str(workdir))
     return LOCAL_LOGS / str(workdir).replace("://", "_").replace("/", "_")
 
