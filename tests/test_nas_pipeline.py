@@ -21,6 +21,7 @@ from prune_ofa_jax.train import inputs, loop
 def nas_config(tmp_path_factory):
     """configs/autotinybert.py:test with its random tiny teacher written once."""
     c = train_helpers.recipe("autotinybert", "test", resolve=False)
+    c.lock()  # as the CLI's config flag hands it over
     root = tmp_path_factory.mktemp("nas")
     return pipeline._teacher(c, root), root  # pylint: disable=protected-access
 
