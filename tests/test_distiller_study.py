@@ -9,7 +9,7 @@ import pytest
 
 import train_helpers
 from prune_ofa_jax.distill import autodistiller, pipelines
-from prune_ofa_jax.study import distiller, readme
+from prune_ofa_jax.study import cli, distiller
 
 
 def _config():
@@ -21,7 +21,7 @@ def _config():
 
 
 def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_data, tmp_path,
-                                                          capsys):
+                                                          capsys, monkeypatch):
     del shared_data
     p = _config()
     p.base_model = tiny_ckpts["bert"]  # the tiny 2-layer BERT; the student takes layer 1
@@ -47,19 +47,28 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert (tmp_path / "distiller.png").stat().st_size > 1000
     md = (tmp_path / "table.md").read_text()
     assert "AutoDistiller's pick" in md and "MRPC F1" in md
-    begin, end = readme.markers("distiller")
+    # The command line on the same settings: a rerun (everything done before, nothing
+    # trains) that writes the README section and ships the meta-table.
+    begin, end = cli.markers("distiller")
     (tmp_path / "repo").mkdir()
-    path = tmp_path / "repo" / "README.md"
-    path.write_text(f"# x\n{begin}\nold\n{end}\n## Layout\n")
-    readme.write(path, "distiller", md, tmp_path / "distiller.png", "study", "cmd")
-    text = path.read_text()
+    readme = tmp_path / "repo" / "README.md"
+    readme.write_text(f"# x\n{begin}\nold\n{end}\n## Layout\n")
+    monkeypatch.setattr(autodistiller, "TABLE", tmp_path / "shipped.csv")
+    first = json.loads((tmp_path / "summary.json").read_text())
+    config = f"{train_helpers.REPO / 'configs' / 'distiller_study.py'}:test"
+    assert cli.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
+                                      f"--workdir={tmp_path}", f"--readme={readme}"]) == 0
+    text = readme.read_text()
     assert "old" not in text and "(docs/distiller.png)" in text and md in text
     assert text.endswith(f"{end}\n## Layout\n") and (tmp_path / "repo/docs/distiller.png").exists()
-
-    again = distiller.run(p, tmp_path)   # rerun: everything is done before, nothing trains
-    assert again["rows"] == summary["rows"] and again["wall_time_s"] < summary["wall_time_s"]
+    assert (tmp_path / "shipped.csv").read_text() == (tmp_path / "meta_table.csv").read_text()
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["rows"] == first["rows"] and again["wall_time_s"] < first["wall_time_s"]
     # the cost reported is every run's, not the last invocation's
-    assert again["run_wall_time_s"] == summary["run_wall_time_s"] > again["wall_time_s"]
+    assert again["run_wall_time_s"] == first["run_wall_time_s"] > again["wall_time_s"]
+    assert cli.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
+                                      f"--workdir={tmp_path}"]) == 2
+    assert "no such --config key" in capsys.readouterr().err
     with pytest.raises(ValueError, match="other settings"):
         p.steps += 1
         distiller.run(p, tmp_path)

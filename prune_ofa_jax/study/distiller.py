@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import shutil
 import time
 
 from prune_ofa_jax import jsonio
 from prune_ofa_jax.distill import autodistiller, pipelines, runs, search
+from prune_ofa_jax.study import cli, distiller_report
 from prune_ofa_jax.study import report as study_report
 
 
@@ -94,7 +96,6 @@ def picked_rows(p, root, prepared, metas, table) -> tuple:
 
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import distiller_report as report  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     _use_compile_cache(root)
@@ -110,15 +111,15 @@ def run(p, workdir) -> dict:
             picked, picks = picked_rows(p, root, prepared, metas, rows)
             rows += picked
         search.write_table(rows, root, "meta_table")
-        summary = report.summarise(p, rows, picks, prepared, loto)
+        summary = distiller_report.summarise(p, rows, picks, prepared, loto)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     # every run of the study: masked LM, teachers, fixed, searched and picked rows
     summary.update(study_report.cost(json.loads(f.read_text())
                                      for f in sorted(root.glob("*/report.json"))))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(report.markdown(summary))
-    report.plot(summary, root / "distiller.png")
-    print(report.markdown(summary), flush=True)
+    (root / "table.md").write_text(distiller_report.markdown(summary))
+    distiller_report.plot(summary, root / "distiller.png")
+    print(distiller_report.markdown(summary), flush=True)
     return summary
 
 
@@ -130,33 +131,14 @@ def _use_compile_cache(root: pathlib.Path) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def main(argv):
-    del argv
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import distiller_report as report  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import readme  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    logs.setup_console(verbose=f.verbose)
-    summary = run(f.config, f.workdir)
-    if f.readme:
-        shutil.copyfile(pathlib.Path(f.workdir) / "meta_table.csv", autodistiller.TABLE)
-        readme.write(f.readme, "distiller", report.markdown(summary),
-                     pathlib.Path(f.workdir) / "distiller.png", "Distiller study",
-                     "python -m prune_ofa_jax.study.distiller --readme README.md")
-        _say(f"wrote the table and plot into {f.readme}; meta-table -> {autodistiller.TABLE}")
+def _ship_meta_table(workdir) -> None:
+    """With --readme, the meta-table AutoDistiller recommends from ships in the package."""
+    shutil.copyfile(pathlib.Path(workdir) / "meta_table.csv", autodistiller.TABLE)
+    _say(f"meta-table -> {autodistiller.TABLE}")
 
+
+STUDY = cli.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
+                  run, distiller_report.markdown, "Distiller study", _ship_meta_table)
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from absl import app, flags as _flags  # pylint: disable=ungrouped-imports
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", "configs/distiller_study.py",
-                                    "Study settings (configs/distiller_study.py[:test]).")
-    _flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per run, summary.json, "
-                         "table.md, distiller.png, meta_table.csv.")
-    _flags.DEFINE_string("readme", "", "Rewrite this README's Distiller section (markers).")
-    _flags.DEFINE_bool("verbose", False, "Library INFO on the console too.")
-    _flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    sys.exit(cli.main(STUDY))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import shutil
 import time
 
@@ -33,6 +34,7 @@ import ml_collections
 
 from prune_ofa_jax import jsonio, paths, pipeline, presets, recipes
 from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.study import cli, masks_report
 from prune_ofa_jax.study import report as study_report
 
 ROWS = ("dense", "feature", "magnitude", "gmp", "movement_hard", "movement_soft", "adaprune",
@@ -168,7 +170,6 @@ def _check_same_plan(p, path: pathlib.Path) -> None:
 
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import masks_report  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -199,31 +200,8 @@ def run(p, workdir) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import masks_report, readme  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    logs.setup_console(verbose=f.verbose)
-    summary = run(f.config, f.workdir)
-    if f.readme:
-        readme.write(f.readme, "masks", masks_report.markdown(summary),
-                     pathlib.Path(f.workdir) / "masks.png", "mask methods",
-                     "python -m prune_ofa_jax.study.masks --readme README.md")
-        _say(f"wrote the table and plot into {f.readme}")
-
+STUDY = cli.Study("masks", "prune_ofa_jax.study.masks", "configs/masks.py", run,
+                  masks_report.markdown, "mask methods")
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from absl import app, flags as _flags  # pylint: disable=ungrouped-imports
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", "configs/masks.py",
-                                    "Study settings (configs/masks.py[:test]).")
-    _flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per run, summary.json, "
-                         "table.md, masks.png.")
-    _flags.DEFINE_string("readme", "", "Rewrite this README's study section (markers).")
-    _flags.DEFINE_bool("verbose", False, "Library INFO on the console too.")
-    _flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    sys.exit(cli.main(STUDY))

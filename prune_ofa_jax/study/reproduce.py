@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import time
 
 import ml_collections
 
 from prune_ofa_jax import config_base, jsonio, paths, pipeline, presets, recipes
+from prune_ofa_jax.study import cli, report
 
 ROWS = ("dense", "prune_ofa", "gmp_no_kd", "prune_ofa_fast", "task_gmp")
 UPSTREAM_OF = {"prune_ofa": "kd_all", "gmp_no_kd": "no_kd", "prune_ofa_fast": "kd_masked"}
@@ -171,7 +173,6 @@ def _check_same_plan(p, path: pathlib.Path) -> None:
 
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import report  # pylint: disable=import-outside-toplevel
     from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -200,31 +201,8 @@ def run(p, workdir) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.study import readme, report  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    logs.setup_console(verbose=f.verbose)
-    summary = run(f.config, f.workdir)
-    if f.readme:
-        readme.write(f.readme, "reproduce", report.markdown(summary),
-                     pathlib.Path(f.workdir) / "reproduce.png", "retention per task",
-                     "python -m prune_ofa_jax.study.reproduce --readme README.md")
-        _say(f"wrote the table and plot into {f.readme}")
-
+STUDY = cli.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
+                  report.markdown, "retention per task")
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from absl import app, flags as _flags  # pylint: disable=ungrouped-imports
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", "configs/reproduce.py",
-                                    "Study settings (configs/reproduce.py[:test]).")
-    _flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per run, summary.json, "
-                         "table.md, reproduce.png.")
-    _flags.DEFINE_string("readme", "", "Rewrite this README's study section (markers).")
-    _flags.DEFINE_bool("verbose", False, "Library INFO on the console too.")
-    _flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    sys.exit(cli.main(STUDY))
