@@ -9,7 +9,7 @@ import pytest
 
 import train_helpers
 from prune_ofa_jax.distill import autodistiller, pipelines
-from prune_ofa_jax.study import cli, distiller
+from prune_ofa_jax.study import common, distiller
 
 
 def _config():
@@ -49,14 +49,14 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert "AutoDistiller's pick" in md and "MRPC F1" in md
     # The command line on the same settings: a rerun (everything done before, nothing
     # trains) that writes the README section and ships the meta-table.
-    begin, end = cli.markers("distiller")
+    begin, end = common.markers("distiller")
     (tmp_path / "repo").mkdir()
     readme = tmp_path / "repo" / "README.md"
     readme.write_text(f"# x\n{begin}\nold\n{end}\n## Layout\n")
     monkeypatch.setattr(autodistiller, "TABLE", tmp_path / "shipped.csv")
     first = json.loads((tmp_path / "summary.json").read_text())
     config = f"{train_helpers.REPO / 'configs' / 'distiller_study.py'}:test"
-    assert cli.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
+    assert common.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
                                       f"--workdir={tmp_path}", f"--readme={readme}"]) == 0
     text = readme.read_text()
     assert "old" not in text and "(docs/distiller.png)" in text and md in text
@@ -66,7 +66,7 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert again["rows"] == first["rows"] and again["wall_time_s"] < first["wall_time_s"]
     # the cost reported is every run's, not the last invocation's
     assert again["run_wall_time_s"] == first["run_wall_time_s"] > again["wall_time_s"]
-    assert cli.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
+    assert common.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
                                       f"--workdir={tmp_path}"]) == 2
     assert "no such --config key" in capsys.readouterr().err
     with pytest.raises(ValueError, match="other settings"):

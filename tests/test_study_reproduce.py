@@ -11,7 +11,7 @@ from prune_ofa_jax import jsonio, presets
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
-from prune_ofa_jax.study import cli, report, reproduce
+from prune_ofa_jax.study import common, report, reproduce
 
 
 def _resolved(runs, name):
@@ -78,9 +78,9 @@ def test_tiny_study_end_to_end(tmp_path):
     jsonio.loads_strict((tmp_path / "study" / "summary.json").read_text())
     assert (tmp_path / "study" / "reproduce.png").stat().st_size > 1000
     path = tmp_path / "README.md"
-    begin, end = cli.markers("reproduce")
+    begin, end = common.markers("reproduce")
     path.write_text(f"intro\n{begin}\nold\n{end}\nrest\n")
-    cli.write(path, "reproduce", report.markdown(summary),
+    common.write(path, "reproduce", report.markdown(summary),
                  tmp_path / "study" / "reproduce.png", "retention", "cmd")
     text = path.read_text()
     assert "old" not in text and "| Prune OFA (all-token KD) |" in text and "rest" in text

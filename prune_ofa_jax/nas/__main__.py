@@ -35,8 +35,8 @@ def main(argv):
         sys.exit(143)
     if f.readme:
         from prune_ofa_jax.nas import report  # pylint: disable=import-outside-toplevel
-        from prune_ofa_jax.study import cli  # pylint: disable=import-outside-toplevel
-        cli.write(f.readme, "autotinybert", report.markdown(summary),
+        from prune_ofa_jax.study import common  # pylint: disable=import-outside-toplevel
+        common.write(f.readme, "autotinybert", report.markdown(summary),
                   pathlib.Path(f.workdir) / "autotinybert.png", "accuracy vs measured latency",
                   "python -m prune_ofa_jax.nas --readme README.md")
 

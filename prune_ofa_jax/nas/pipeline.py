@@ -27,20 +27,13 @@ from prune_ofa_jax import config_base, jsonio, logs, paths
 from prune_ofa_jax.nas import extract as extract_lib
 from prune_ofa_jax.nas import latency, predictor, report as report_lib, search
 from prune_ofa_jax.nas import space as space_lib
+from prune_ofa_jax.study import common
 
 log = logging.getLogger(__name__)
 
 
 def _say(msg: str) -> None:
     print(f"[autotinybert] {msg}", flush=True)
-
-
-def _use_compile_cache(root: pathlib.Path) -> None:
-    import os  # pylint: disable=import-outside-toplevel
-    import jax  # pylint: disable=import-outside-toplevel
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _run_once(cfg, wd: pathlib.Path, name: str, **kw) -> dict:
@@ -217,7 +210,7 @@ def stage_finetune(c, extracted: dict, wd: pathlib.Path) -> dict:
 def run(c, workdir) -> dict:
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    _use_compile_cache(root)
+    common.use_compile_cache(root)
     with logs.to_file(root):
         return _run(c, root)
 

@@ -23,7 +23,6 @@ meta-table into the package (distill/meta_table.csv).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 import shutil
@@ -31,21 +30,13 @@ import time
 
 from prune_ofa_jax import jsonio
 from prune_ofa_jax.distill import autodistiller, pipelines, runs, search
-from prune_ofa_jax.study import cli, distiller_report
+from prune_ofa_jax.study import common, distiller_report
 from prune_ofa_jax.study import report as study_report
 
 
 
 def _say(msg: str) -> None:
     print(f"[distiller] {msg}", flush=True)
-
-
-def _check_same_plan(p, path: pathlib.Path) -> None:
-    now = p.to_json(sort_keys=True)
-    if path.exists() and path.read_text() != now:
-        raise ValueError(f"{path.parent} holds a study with other settings ({path}); use "
-                         "another --workdir or the same settings")
-    path.write_text(now)
 
 
 def fixed_rows(p, root, prepared, metas) -> list:
@@ -96,10 +87,7 @@ def picked_rows(p, root, prepared, metas, table) -> tuple:
 
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    root = pathlib.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    _use_compile_cache(root)
-    _check_same_plan(p, root / "plan.json")
+    root = common.open_workdir(p, workdir)
     t0 = time.time()
     with logs.to_file(root):
         prepared = {t: runs.prepare(p, root, t) for t in p.tasks}
@@ -123,22 +111,14 @@ def run(p, workdir) -> dict:
     return summary
 
 
-def _use_compile_cache(root: pathlib.Path) -> None:
-    """Rows and seeds share programs: compile each once (unless the user set a cache)."""
-    import jax  # pylint: disable=import-outside-toplevel
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def _ship_meta_table(workdir) -> None:
     """With --readme, the meta-table AutoDistiller recommends from ships in the package."""
     shutil.copyfile(pathlib.Path(workdir) / "meta_table.csv", autodistiller.TABLE)
     _say(f"meta-table -> {autodistiller.TABLE}")
 
 
-STUDY = cli.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
+STUDY = common.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
                   run, distiller_report.markdown, "Distiller study", _ship_meta_table)
 
 if __name__ == "__main__":
-    sys.exit(cli.main(STUDY))
+    sys.exit(common.main(STUDY))

@@ -23,18 +23,16 @@ the study. WORKDIR/summary.json, table.md and masks.png hold the result.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import sys
-import shutil
 import time
 
 import ml_collections
 
 from prune_ofa_jax import jsonio, paths, pipeline, presets, recipes
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.study import cli, masks_report
+from prune_ofa_jax.study import common, masks_report
 from prune_ofa_jax.study import report as study_report
 
 ROWS = ("dense", "feature", "magnitude", "gmp", "movement_hard", "movement_soft", "adaprune",
@@ -150,46 +148,13 @@ def _say(msg: str) -> None:
     print(f"[masks] {msg}", flush=True)
 
 
-def _use_compile_cache(root: pathlib.Path) -> None:
-    """Identical programs (evaluation, the same row again) compile once, unless the user
-    set a cache of their own."""
-    import jax  # pylint: disable=import-outside-toplevel
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _check_same_plan(p, path: pathlib.Path) -> None:
-    """Rerunning continues a study; other settings in the same workdir would mix two."""
-    now = p.to_json(sort_keys=True)
-    if path.exists() and path.read_text() != now:
-        raise ValueError(f"{path.parent} holds a study with other settings ({path}); use "
-                         "another --workdir or the same settings")
-    path.write_text(now)
-
-
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
-    root = pathlib.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    _use_compile_cache(root)
-    _check_same_plan(p, root / "plan.json")
+    root = common.open_workdir(p, workdir)
     runs = plan(p, root)
-    t0, reports = time.time(), {}
+    t0 = time.time()
     with logs.to_file(root):
-        for i, (name, (cfg, wd)) in enumerate(runs.items(), 1):
-            done = wd / "report.json"
-            if done.exists():
-                reports[name] = json.loads(done.read_text())
-                _say(f"{i}/{len(runs)} {name}: done before, skipping")
-                continue
-            _say(f"{i}/{len(runs)} {name}: {cfg.train.steps} steps -> {wd}")
-            reports[name] = loop.run(cfg, wd)
-            shutil.rmtree(wd / "checkpoints", ignore_errors=True)  # finished: model/ stays
-            r = reports[name]
-            _say(f"{i}/{len(runs)} {name} done in {r['wall_time_s']:.0f} s: "
-                 f"{masks_report.headline(r)}")
+        reports = common.run_all(runs, _say, masks_report.headline, drop_checkpoints=True)
     summary = masks_report.summarise(p, runs, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     summary.update(study_report.cost(reports.values()))
@@ -200,8 +165,8 @@ def run(p, workdir) -> dict:
     return summary
 
 
-STUDY = cli.Study("masks", "prune_ofa_jax.study.masks", "configs/masks.py", run,
+STUDY = common.Study("masks", "prune_ofa_jax.study.masks", "configs/masks.py", run,
                   masks_report.markdown, "mask methods")
 
 if __name__ == "__main__":
-    sys.exit(cli.main(STUDY))
+    sys.exit(common.main(STUDY))

@@ -21,8 +21,6 @@ and reproduce.png hold the result; --readme rewrites the README's study section.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 import sys
 import time
@@ -30,7 +28,7 @@ import time
 import ml_collections
 
 from prune_ofa_jax import config_base, jsonio, paths, pipeline, presets, recipes
-from prune_ofa_jax.study import cli, report
+from prune_ofa_jax.study import common, report
 
 ROWS = ("dense", "prune_ofa", "gmp_no_kd", "prune_ofa_fast", "task_gmp")
 UPSTREAM_OF = {"prune_ofa": "kd_all", "gmp_no_kd": "no_kd", "prune_ofa_fast": "kd_masked"}
@@ -154,43 +152,13 @@ def _say(msg: str) -> None:
     print(f"[reproduce] {msg}", flush=True)
 
 
-def _use_compile_cache(root: pathlib.Path) -> None:
-    """Rows and seeds share programs: compile each once (unless the user set a cache)."""
-    import jax  # pylint: disable=import-outside-toplevel
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _check_same_plan(p, path: pathlib.Path) -> None:
-    """Rerunning continues a study; other settings in the same workdir would mix two."""
-    now = p.to_json(sort_keys=True)
-    if path.exists() and path.read_text() != now:
-        raise ValueError(f"{path.parent} holds a study with other settings ({path}); use "
-                         "another --workdir or the same settings")
-    path.write_text(now)
-
-
 def run(p, workdir) -> dict:
     from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
-    root = pathlib.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    _use_compile_cache(root)
-    _check_same_plan(p, root / "plan.json")
+    root = common.open_workdir(p, workdir)
     runs = plan(p, root)
-    t0, reports = time.time(), {}
+    t0 = time.time()
     with logs.to_file(root):
-        for i, (name, (cfg, wd)) in enumerate(runs.items(), 1):
-            done = wd / "report.json"
-            if done.exists():
-                reports[name] = json.loads(done.read_text())
-                _say(f"{i}/{len(runs)} {name}: done before, skipping")
-                continue
-            _say(f"{i}/{len(runs)} {name}: {cfg.train.steps} steps -> {wd}")
-            reports[name] = loop.run(cfg, wd)
-            _say(f"{i}/{len(runs)} {name} done in {reports[name]['wall_time_s']:.0f} s: "
-                 f"{report.headline(reports[name]['eval'])}")
+        reports = common.run_all(runs, _say, lambda r: report.headline(r["eval"]))
     summary = report.summarise(p, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     summary.update(report.cost(reports.values()))
@@ -201,8 +169,8 @@ def run(p, workdir) -> dict:
     return summary
 
 
-STUDY = cli.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
+STUDY = common.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
                   report.markdown, "retention per task")
 
 if __name__ == "__main__":
-    sys.exit(cli.main(STUDY))
+    sys.exit(common.main(STUDY))

@@ -1,4 +1,5 @@
-"""The studies' command line and their place in the README.
+"""What the studies (reproduce, masks, distiller) share: their workdir, their runs, their
+command line and their place in the README.
 
   python -m prune_ofa_jax.study.<name> [--config configs/<file>.py[:test]] --workdir DIR
       [--readme README.md] [--verbose]
@@ -12,12 +13,56 @@ and the table. AutoTinyBERT (nas/__main__.py) writes its section with `write` to
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
 import shutil
 import sys
 from typing import Callable
+
+
+def use_compile_cache(root: pathlib.Path) -> None:
+    """JAX's persistent compilation cache in root/jax_cache, unless the user set one."""
+    import jax  # pylint: disable=import-outside-toplevel
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def open_workdir(p, workdir) -> pathlib.Path:
+    """Creates the study's workdir, points the compilation cache into it (rows and seeds
+    share programs) and refuses one that holds a study with
+    other settings: rerunning continues a study, other settings would mix two."""
+    root = pathlib.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    use_compile_cache(root)
+    plan, now = root / "plan.json", p.to_json(sort_keys=True)
+    if plan.exists() and plan.read_text() != now:
+        raise ValueError(f"{root} holds a study with other settings ({plan}); use "
+                         "another --workdir or the same settings")
+    plan.write_text(now)
+    return root
+
+
+def run_all(runs: dict, say: Callable, headline: Callable, drop_checkpoints: bool = False):
+    """runs: name -> (config, workdir), each an ordinary loop run; a finished one (its
+    report.json) is read, not rerun. Returns name -> report."""
+    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
+    reports = {}
+    for i, (name, (cfg, wd)) in enumerate(runs.items(), 1):
+        done = pathlib.Path(wd) / "report.json"
+        if done.exists():
+            reports[name] = json.loads(done.read_text())
+            say(f"{i}/{len(runs)} {name}: done before, skipping")
+            continue
+        say(f"{i}/{len(runs)} {name}: {cfg.train.steps} steps -> {wd}")
+        reports[name] = loop.run(cfg, wd)
+        if drop_checkpoints:  # finished: its report and model/ stay
+            shutil.rmtree(pathlib.Path(wd) / "checkpoints", ignore_errors=True)
+        say(f"{i}/{len(runs)} {name} done in {reports[name]['wall_time_s']:.0f} s: "
+            f"{headline(reports[name])}")
+    return reports
 
 
 def markers(name: str) -> tuple[str, str]:
