@@ -10,6 +10,7 @@ import numpy as np
 
 from prune_ofa_jax.convert import qat_ranges
 from prune_ofa_jax.study import __main__ as study_main
+from prune_ofa_jax.study import common
 
 ARGS = ("--models", "dense,sparse,sparse_int8", "--tasks", "sst2,tweets", "--size", "test",
         "--sweep_task", "sst2", "--sweep_levels", "0,0.8", "--latency_batches", "1",
@@ -56,5 +57,15 @@ def check(demo_dir, out, shared_data, capsys) -> None:
     for png in ("reliability.png", "robustness.png", "sweep.png", "size_latency.png"):
         assert 0 < (out / png).stat().st_size < 200_000, png
     assert "[study] run" in first
-    assert study_main.main(list(args)) == 0  # a rerun skips every run and evaluation
+    begin, end = common.markers("compress")
+    (out / "repo").mkdir()
+    readme = out / "repo" / "README.md"
+    readme.write_text(f"# x\n{begin}\nold\n{end}\nrest\n")
+    # a rerun skips every run and evaluation, and writes the README's section
+    assert study_main.main(list(args) + ["--readme", str(readme)]) == 0
     assert "[study] run" not in capsys.readouterr().out
+    text = readme.read_text()
+    assert "old" not in text and "(docs/size_latency.png)" in text and text.endswith("rest\n")
+    assert "| tweets | sparse_int8 | f1 |" in text and "Sparsity sweep on sst2" in text
+    again = json.loads((out / "results.json").read_text())
+    assert again["run_wall_time_s"] == res["run_wall_time_s"] > 0  # every run's, not the rerun's

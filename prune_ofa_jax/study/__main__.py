@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--latency_seq_len", type=int, default=128)
     ap.add_argument("--latency_budget_s", type=float, default=25.0,
                     help="timed seconds per model and batch size")
+    ap.add_argument("--readme", default="", help="rewrite this README's section (markers)")
     return ap
 
 
@@ -78,6 +79,14 @@ def main(argv=None) -> int:
                              batches, args.latency_seq_len, args.latency_budget_s,
                              test=args.size == "test")
     print(f"[study] done in {time.time() - t0:.0f} s: {res['report']}")
+    if args.readme:
+        from prune_ofa_jax.study import common, compress_report  # pylint: disable=import-outside-toplevel
+        table = (compress_report.headline(res["summary"]) + "\nThe rest (per class, robustness, "
+                 "latency, calibration and three more plots): the study's report.md.\n")
+        common.write(args.readme, "compress", table, pathlib.Path(args.out) / "size_latency.png",
+                     "size and latency", f"python -m prune_ofa_jax.study --models {args.models} "
+                     f"--tasks {args.tasks} --demo DEMO --out DIR --readme README.md")
+        print(f"[study] wrote the table and plot into {args.readme}")
     print(json.dumps(res["table"], indent=1)[:4000])
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 
+from prune_ofa_jax.study import report as study_report
+
 PLOTS = ("reliability.png", "robustness.png", "sweep.png", "size_latency.png")
 # Ojo et al. 2023 (arXiv 2303.07292), disaster tweets; the paper's headline figures.
 PAPER_TWEETS = {"RoBERTa": 82.6, "BERT": "see paper", "DistilBERT": "see paper",
@@ -100,11 +102,12 @@ def _fmt(v, spec=".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def markdown(summary: dict) -> str:
-    lines = ["# What compression costs beyond accuracy", "",
-             f"Models {', '.join(summary['models'])}; tasks {', '.join(summary['tasks'])}. "
+def headline(summary: dict) -> str:
+    """The main table, real int8 against fake-quant, and the sparsity sweep: the README's
+    part of the report."""
+    lines = [f"Models {', '.join(summary['models'])}; tasks {', '.join(summary['tasks'])}. "
              f"Every model evaluated as deployed (ONNX in onnxruntime; int8 for QAT models). "
-             f"Wall time {summary['wall_s']:.0f} s (training {summary['train_wall_s']:.0f} s).",
+             + study_report.cost_line(summary),
              "", "| task | model | metric | value (runtime) | Flax eval | acc | ECE | @20 % typos "
              "| sparsity | .pofa MB | x vs fp32 safetensors | p50 ms b1 | p50 ms b32 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -123,7 +126,18 @@ def markdown(summary: dict) -> str:
             lines.append(f"- {r['task']} {r['model']}: real int8 (onnxruntime) vs fake-quant "
                          f"{r['metric']}: {d:+.2f} points (target: within 0.5; "
                          f"{'met' if abs(d) <= 0.5 else 'missed'})")
-    lines.append("")
+    lines += ["", f"Sparsity sweep on {summary['sweep_task']}:", "",
+              "| sparsity | pruned before fine-tuning (Prune OFA upstream) | after (task GMP) |",
+              "|---|---|---|"]
+    by = {(r["when"], r["sparsity"]): r["value"] for r in summary["sweep"]}
+    for s in sorted({r["sparsity"] for r in summary["sweep"]}):
+        lines.append(f"| {100 * s:g} % | {_fmt(by.get(('before', s)))} | "
+                     f"{_fmt(by.get(('after', s)))} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# What compression costs beyond accuracy", "", headline(summary)]
     lines += ["## Per-class precision / recall / F1 and confusion matrices", "",
               "| task | model | P (0 / 1) | R (0 / 1) | F1 (0 / 1) | confusion [[TN FP] [FN TP]] |",
               "|---|---|---|---|---|---|"]
@@ -151,13 +165,6 @@ def markdown(summary: dict) -> str:
             for k, v in variants.items():
                 lines.append(f"| {model} | {b} | {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | "
                              f"{v['seq_per_s']:.1f} |")
-    lines += ["", f"## Sparsity sweep on {summary['sweep_task']}", "",
-              "| sparsity | pruned before fine-tuning (Prune OFA upstream) | after (task GMP) |",
-              "|---|---|---|"]
-    by = {(r["when"], r["sparsity"]): r["value"] for r in summary["sweep"]}
-    for s in sorted({r["sparsity"] for r in summary["sweep"]}):
-        lines.append(f"| {100 * s:g} % | {_fmt(by.get(('before', s)))} | "
-                     f"{_fmt(by.get(('after', s)))} |")
     kaggle = {k: r["kaggle"] for k, r in summary["results"].items() if "kaggle" in r}
     if kaggle:
         lines += ["", "## Disaster tweets: Kaggle predictions", ""]
