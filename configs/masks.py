@@ -1,6 +1,6 @@
 """The mask-method comparison (prune_ofa_jax/study/masks.py, issue 13):
 
-  python -m prune_ofa_jax.study.masks --config configs/masks.py --workdir /work/runs/masks
+  python -m prune_ofa_jax.study.masks --config configs/masks.py --workdir runs/masks
 Args: "" (the study measured in the README) or "test" (a few steps per run: the suite's).
 """
 

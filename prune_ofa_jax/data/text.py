@@ -189,7 +189,7 @@ def sources_from_globs(globs: Sequence[str], root=None,
 
 
 def shared_corpus(root=None) -> List[TextFiles]:
-    """The offline corpus in /work/shared/data (~1.6M words), each part in its own layout.
+    """The offline corpus in the shared data dir (~1.6M words), each part in its own layout.
 
     Gutenberg books are ASCII except one ISO-8859-1 file, hence latin-1 for that folder. The
     State of the Union file is ASCII plus punctuation saved through Big5 (b"\\xa1\\xa6" for the

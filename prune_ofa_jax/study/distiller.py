@@ -1,6 +1,6 @@
 """The Distiller study (He et al. 2021) at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.distiller --workdir /work/runs/distiller [--readme README.md]
+  python -m prune_ofa_jax.study.distiller --workdir runs/distiller [--readme README.md]
   python -m prune_ofa_jax.study.distiller --workdir DIR --config configs/distiller_study.py:test
 
 Teacher: MiniLM-L6 fine-tuned per task. Student: 3 layers initialised from MiniLM's layers

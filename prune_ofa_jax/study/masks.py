@@ -1,6 +1,6 @@
 """Mask-learning methods compared on one protocol (issue 13), at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.masks --workdir /work/runs/masks [--readme README.md]
+  python -m prune_ofa_jax.study.masks --workdir runs/masks [--readme README.md]
   python -m prune_ofa_jax.study.masks --config configs/masks.py:test --workdir DIR  (suite)
 
 The real MiniLM-L6 fine-tuned on SST-2 and MRPC (the shared GLUE data; STS-B and MNLI, the
