@@ -4,10 +4,10 @@ command line and their place in the README.
   python -m prune_ofa_jax.study.<name> [--config configs/<file>.py[:test]] --workdir DIR
       [--readme README.md] [--verbose]
 
-Every study (reproduce, masks, distiller) runs its runs into DIR (rerunning continues it),
-writes summary.json, table.md and a plot there, and with --readme rewrites the README's
-text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`: the plot (copied to docs/)
-and the table. AutoTinyBERT (nas/__main__.py) writes its section with `write` too.
+Each runs its runs into DIR (rerunning continues it), writes summary.json, table.md and a
+plot there, and with --readme rewrites the README's text between `<!-- NAME:begin -->` and
+`<!-- NAME:end -->`: the plot (copied to docs/) and the table. The compression study and
+AutoTinyBERT have their own command lines and write their sections with `write` too.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def use_compile_cache(root: pathlib.Path) -> None:
 
 def open_workdir(p, workdir) -> pathlib.Path:
     """Creates the study's workdir, points the compilation cache into it (rows and seeds
-    share programs) and refuses one that holds a study with
-    other settings: rerunning continues a study, other settings would mix two."""
+    share programs) and refuses one that holds a study with other settings: rerunning
+    continues a study, other settings would mix two."""
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     use_compile_cache(root)
