@@ -15,7 +15,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from prune_ofa_jax import paths
-
 from prune_ofa_jax.models import config as config_lib
 
 MODEL_JSON = "model.json"

@@ -91,8 +91,7 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
     summary = {"results": results, "latency": lat, "sweep": sweep_rows, "sweep_task": sweep_task,
                "models": models, "tasks": tasks, "train_wall_s": round(train_s, 1),
                "wall_s": round(time.time() - t0, 1), "test": test}
-    summary.update(study_report.cost(json.loads(f.read_text())  # every run of the study's
-                                     for f in sorted(root.rglob("report.json"))))
+    summary.update(study_report.cost_of_runs_under(root))  # every run the study trained
     (out / "results.json").write_text(jsonio.dumps(summary, indent=1))
     report = compress_report.write(summary, out)
     return {"report": str(report), "table": compress_report.table_rows(summary),

@@ -22,7 +22,6 @@ meta-table into the package (distill/meta_table.csv).
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import shutil
@@ -102,8 +101,7 @@ def run(p, workdir) -> dict:
         summary = distiller_report.summarise(p, rows, picks, prepared, loto)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     # every run of the study: masked LM, teachers, fixed, searched and picked rows
-    summary.update(study_report.cost(json.loads(f.read_text())
-                                     for f in sorted(root.glob("*/report.json"))))
+    summary.update(study_report.cost_of_runs_under(root))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(distiller_report.markdown(summary))
     distiller_report.plot(summary, root / "distiller.png")

@@ -1,9 +1,10 @@
 """The reproduction study's result: per row and task, the dev metrics' mean and spread over
-seeds and the retention (sparse / dense, paired by seed), as JSON, a Markdown table, a plot,
-and the README section between the markers below."""
+seeds and the retention (sparse / dense, paired by seed), as JSON, a Markdown table and a
+plot; and what a study cost (`cost`, `cost_line`: every study's table ends with it)."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
@@ -84,6 +85,11 @@ def cost(reports) -> dict:
     return {"run_wall_time_s": round(sum(r["wall_time_s"] for r in reports), 1),
             "run_cpu_time_s": round(sum(cpu), 1), "runs_with_cpu_time": len(cpu),
             "runs": len(reports)}
+
+
+def cost_of_runs_under(root: pathlib.Path) -> dict:
+    """cost() over every run (report.json) below `root`, for studies that keep no list."""
+    return cost(json.loads(f.read_text()) for f in sorted(pathlib.Path(root).rglob("report.json")))
 
 
 def cost_line(summary: dict) -> str:
