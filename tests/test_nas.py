@@ -1,6 +1,6 @@
 """AutoTinyBERT (prune_ofa_jax/nas): the per-step sampler is a pure function of the step
-(the same in another process), mutation never leaves the space, the search stays in its
-latency window, and a sub-model cut from the supernet equals the standalone model of its
+(the same in another process), mutation never leaves the space, the latency predictor
+learns a cost model to within 10 %, the search stays in its latency window, and a sub-model cut from the supernet equals the standalone model of its
 shape (Flax and, after extraction, Hugging Face PyTorch)."""
 
 import json
@@ -98,6 +98,24 @@ def test_search_stays_in_the_latency_window_and_resumes_from_its_cache():
     again = search.evolve(SPACE, pool, predict, window, fitness, s_cfg, 0, cache,
                           say=lambda m: None)
     assert [a for a, _ in again["evaluated"]] == archs and len(calls) == 30  # all cached
+
+
+def test_latency_predictor_fits_a_cost_model_within_ten_percent_and_round_trips(tmp_path):
+    from prune_ofa_jax.nas import predictor
+    rng = np.random.default_rng(0)
+    archs = sorted({SPACE.sample(rng) for _ in range(60)})
+    feats = np.stack([a.features() for a in archs])
+    noise = 1 + 0.03 * rng.standard_normal((len(archs), 2))  # the real table's ~3 % jitter
+    ms = np.stack([_fake_ms(archs), 30 * _fake_ms(archs) + 5], 1) * noise
+    p_cfg = nas_config.defaults().predictor
+    pred, rep = predictor.fit(archs, feats, ms, SPACE, (1, 32), p_cfg, 0.25, seed=0)
+    assert rep["n_heldout"] == 15 and rep["n_train"] == len(archs) - 15
+    assert max(rep["heldout_mean_relative_error"].values()) < 0.10, rep
+    assert pred.weights[0][0].shape[0] == p_cfg.members  # an ensemble, one axis
+    pred.save(tmp_path / "p.json")
+    again = predictor.Predictor.load(tmp_path / "p.json")
+    np.testing.assert_allclose(again.predict(archs[:7]), pred.predict(archs[:7]), rtol=1e-6)
+    assert again.predict_one(archs[3], 32) == pytest.approx(pred.predict([archs[3]])[0, 1])
 
 
 @pytest.fixture(scope="module")

@@ -38,8 +38,9 @@ def defaults() -> ml_collections.ConfigDict:
     n.latency.holdout = 0.25           # fraction of the table held out for the error
     n.latency.search_batch = 1         # which batch size's latency the window applies to
     n.predictor = ml_collections.ConfigDict()
-    n.predictor.hidden = 64
+    n.predictor.hidden = 16
     n.predictor.layers = 2
+    n.predictor.members = 5            # an ensemble, averaged in log space (see predictor.py)
     n.predictor.steps = 3000
     n.predictor.lr = 3e-3
 
@@ -61,6 +62,7 @@ def defaults() -> ml_collections.ConfigDict:
     n.fitness.eval_subset = 0
 
     n.finetune = ml_collections.ConfigDict()       # the found and the uniform models
+    n.finetune.tasks = ("sst2", "mrpc")
     n.finetune.steps = 400
     n.finetune.batch_size = 32
     n.finetune.seq_len = ml_collections.ConfigDict({"sst2": 64, "mrpc": 96})  # per task

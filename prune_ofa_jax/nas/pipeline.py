@@ -200,7 +200,7 @@ def finetune_config(c, hf_dir: str, task: str):
 def stage_finetune(c, extracted: dict, wd: pathlib.Path) -> dict:
     out = {}
     for name, hf_dir in extracted.items():
-        for task in c.nas.fitness.tasks:
+        for task in c.nas.finetune.tasks:
             rep = _run_once(finetune_config(c, hf_dir, task), wd / f"{name}_{task}",
                             f"5_finetune {name} {task}")
             out.setdefault(name, {})[task] = rep["eval"]

@@ -29,7 +29,7 @@ def _row(arch, table, teacher_ms, evals, tasks) -> dict:
 def summarise(c, space, table, lat_rep, found, extracted, tuned, supernet_report) -> dict:
     top = space.top()
     teacher_ms = table[top]
-    tasks = tuple(c.nas.fitness.tasks)
+    tasks = tuple(c.nas.finetune.tasks)
     b = str(c.nas.latency.search_batch)
     uniform = {}
     for k in c.nas.finetune.uniform_layers:
