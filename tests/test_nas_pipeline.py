@@ -98,3 +98,9 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
         assert model.config.hidden_size in (24, 48)
     assert (wd / "autotinybert.png").stat().st_size > 1000
     assert on_disk["latency"]["n_archs"] >= 4 and on_disk["prune_ofa"]["sparsity"] == 0.8
+    # every stage done: a rerun only re-reads, and its report keeps the cost of all invocations
+    walls = on_disk["stage_wall_s"]
+    again = pipeline.run(c, wd)
+    assert again["found"] == report["found"]
+    assert all(again["stage_wall_s"][k] >= v for k, v in walls.items())
+    assert again["wall_time_s"] >= on_disk["wall_time_s"] > again["wall_time_s"] / 2

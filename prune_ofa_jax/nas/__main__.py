@@ -38,7 +38,8 @@ def main(argv):
         from prune_ofa_jax.study import common  # pylint: disable=import-outside-toplevel
         common.write(f.readme, "autotinybert", report.markdown(summary),
                   pathlib.Path(f.workdir) / "autotinybert.png", "accuracy vs measured latency",
-                  "python -m prune_ofa_jax.nas --readme README.md")
+                  "python -m prune_ofa_jax.nas --config configs/autotinybert.py "
+                  "--workdir DIR --readme README.md")
 
 
 if __name__ == "__main__":

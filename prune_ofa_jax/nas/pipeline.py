@@ -236,34 +236,46 @@ def _teacher(c, root: pathlib.Path):
     return c
 
 
+class _Walls:
+    """Wall seconds per stage summed over every invocation (a resumed pipeline's cost is all
+    of it, not the last command's), kept in WORKDIR/stage_wall_s.json."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path, self.t = path, time.time()
+        self.total = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, stage: str) -> None:
+        now = time.time()
+        self.total[stage] = round(self.total.get(stage, 0.0) + now - self.t, 1)
+        self.t = now
+        self.path.write_text(json.dumps(self.total, indent=1))
+
+
 def _run(c, root: pathlib.Path) -> dict:
     from prune_ofa_jax.nas import supernet  # pylint: disable=import-outside-toplevel
-    t0, walls = time.time(), {}
+    walls = _Walls(root / "stage_wall_s.json")
     c = _teacher(c, root)
     d = {k: root / k for k in ("1_supernet", "2_latency", "3_search", "4_extract",
                                "5_finetune")}
     sn = _run_once(c, d["1_supernet"], "1_supernet", build_fn=supernet.build)
-    walls["1_supernet"] = sn["wall_time_s"]
     sn_params, tcfg = supernet.load_teacher(str(d["1_supernet"] / "model"))
     space = space_lib.Space.from_config(c.nas.space, tcfg.num_heads)
-    t = time.time()
+    walls.done("1_supernet")
     table, pred, lat_rep = stage_latency(c, space, tcfg, d["2_latency"])
-    walls["2_latency"] = round(time.time() - t, 1)
-    t = time.time()
+    walls.done("2_latency")
     found = stage_search(c, space, sn_params, tcfg, table, pred, d["3_search"])
-    walls["3_search"] = round(time.time() - t, 1)
-    t = time.time()  # the found archs' measured latency (most are new to the table)
+    walls.done("3_search")
+    # the found archs' measured latency (most are new to the table)
     table = latency.measure_table(tcfg, [space_lib.Arch.from_dict(v["arch"])
                                          for v in found.values()], c.nas.latency,
                                   d["2_latency"] / "table.jsonl", say=_say)
     extracted = stage_extract(c, space, d["1_supernet"] / "model", found, d["4_extract"])
-    walls["4_extract"] = round(time.time() - t, 1)
-    t = time.time()
+    walls.done("4_extract")
     tuned = stage_finetune(c, extracted, d["5_finetune"])
-    walls["5_finetune"] = round(time.time() - t, 1)
+    walls.done("5_finetune")
     summary = report_lib.summarise(c, space, table, lat_rep, found, extracted, tuned, sn)
-    summary["stage_wall_s"] = walls
-    summary["wall_time_s"] = round(time.time() - t0, 1)
+    summary["stage_wall_s"] = walls.total
+    summary["wall_time_s"] = round(sum(walls.total.values()), 1)
     (root / "report.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(report_lib.markdown(summary))
     report_lib.plot(summary, root / "autotinybert.png")
