@@ -3,7 +3,7 @@ supernet -> latency table + predictor -> evolutionary search per speedup -> extr
 fine-tune of the found models beside uniform shrinking (prune_ofa_jax/nas/pipeline.py).
 
   python -m prune_ofa_jax.nas --config configs/autotinybert.py --workdir runs/autotinybert
-Args: "" (the run measured in the README, ~90 min on 2 CPU cores) or "test" (a tiny random
+Args: "" (the run measured in the README: 118 min on 2 CPU cores) or "test" (a tiny random
 teacher and a few steps per stage: minutes; the suite's). Every key: prune_ofa_jax/nas/config.py
 (config.nas) and config_base.py (the supernet run: train.*, optim.*, data.*, mesh.*).
 """
