@@ -116,6 +116,14 @@ def test_latency_predictor_fits_a_cost_model_within_ten_percent_and_round_trips(
     again = predictor.Predictor.load(tmp_path / "p.json")
     np.testing.assert_allclose(again.predict(archs[:7]), pred.predict(archs[:7]), rtol=1e-6)
     assert again.predict_one(archs[3], 32) == pytest.approx(pred.predict([archs[3]])[0, 1])
+    # a file written before the ensemble (one MLP, no member axis) loads as one member
+    single = predictor.train(feats, ms, SPACE.top().features(), (1, 32), 8, 1, 50, 3e-3)
+    single.save(tmp_path / "old.json")
+    d = json.loads((tmp_path / "old.json").read_text())
+    d["weights"] = [[w[0], b[0]] for w, b in d["weights"]]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    np.testing.assert_allclose(predictor.Predictor.load(tmp_path / "old.json").predict(archs),
+                               single.predict(archs), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
