@@ -33,10 +33,10 @@ def get_config(arg: str = ""):
     c.checkpoint.every = 100
     c.checkpoint.keep = 1
     # Sized to fit ~2 h on 2 CPU cores (config.nas's defaults are the paper's: generations
-    # of 25, 50 evaluations per speedup, ~4 h of fitness alone here). A fitness evaluation
-    # fine-tunes one sub-model (~1 s per step for a 5-layer one), so: SST-2 only (in the
-    # first run MRPC scored its majority class, F1 0.748, for every one of 5 archs after 100
-    # steps: it separated nothing and cost half the time), generations of 8 and 24
+    # of 25, 50 evaluations per speedup: ~6 h of fitness alone here). A fitness evaluation
+    # fine-tunes one sub-model (~0.6 s per step for a 5-layer one), so: SST-2 only (in the
+    # first run MRPC scored its majority class (mean of F1 and acc 0.748) for all 5 archs
+    # after 100 steps: it separated nothing and cost half the time), generations of 8 and 24
     # evaluations per speedup (3 generations), and the uniform baselines that bracket the
     # speedups (MiniLM's first 1-3 layers: 6.0x, 2.8x, 2.0x at batch 1).
     c.nas.fitness.tasks = ("sst2",)

@@ -1,7 +1,8 @@
 """AutoTinyBERT (prune_ofa_jax/nas): the per-step sampler is a pure function of the step
 (the same in another process), mutation never leaves the space, the latency predictor
-learns a cost model to within 10 %, the search stays in its latency window, and a sub-model cut from the supernet equals the standalone model of its
-shape (Flax and, after extraction, Hugging Face PyTorch)."""
+learns a cost model to within 10 %, the search stays in its latency window, and a sub-model
+cut from the supernet equals the standalone model of its shape (Flax and, after extraction,
+Hugging Face PyTorch)."""
 
 import json
 import subprocess
