@@ -57,12 +57,11 @@ class Predictor:
     @classmethod
     def load(cls, path) -> "Predictor":
         d = json.loads(pathlib.Path(path).read_text())
-        # a file from before the ensemble holds one MLP: W [m, n], b [n] -> one member
-        lone = np.asarray(d["weights"][0][0]).ndim == 2
-        as_member = lambda a: np.asarray(a, np.float32)[None] if lone else np.asarray(
-            a, np.float32)
-        return cls([(as_member(w), as_member(b)) for w, b in d["weights"]],
-                   np.asarray(d["feature_norm"]),
+        weights = [(np.asarray(w, np.float32), np.asarray(b, np.float32))
+                   for w, b in d["weights"]]
+        if weights[0][0].ndim == 2:  # a file from before the ensemble: one MLP, one member
+            weights = [(w[None], b[None]) for w, b in weights]
+        return cls(weights, np.asarray(d["feature_norm"]),
                    np.asarray(d["mean"]), np.asarray(d["std"]),
                    tuple(int(b) for b in d["batch_sizes"]))
 
