@@ -1,6 +1,6 @@
 """AutoTinyBERT (Yin et al., ACL 2021) on our model family, scaled to the MiniLM-L6 teacher:
 supernet -> latency table + predictor -> evolutionary search per speedup -> extraction ->
-fine-tune of the found models beside uniform shrinking (prune_ofa_jax/nas/pipeline.py).
+fine-tune of the found models beside uniform shrinking (prune_ofa_jax/nas/stages.py).
 
   python -m prune_ofa_jax.nas --config configs/autotinybert.py --workdir runs/autotinybert
 Args: "" (the run measured in the README: 118 min on 2 CPU cores) or "test" (a tiny random
@@ -9,11 +9,11 @@ teacher and a few steps per stage: minutes; the suite's). Every key: prune_ofa_j
 """
 
 from prune_ofa_jax import paths
-from prune_ofa_jax.nas import pipeline
+from prune_ofa_jax.nas import stages
 
 
 def get_config(arg: str = ""):
-    c = pipeline.base_config()
+    c = stages.base_config()
     c.preset = ""                      # config_base's defaults (no Prune OFA preset applies)
     c.task = "mlm"                     # the pre-training text pipeline (corruption undone)
     c.data.nsp = False

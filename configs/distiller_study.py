@@ -4,7 +4,7 @@
 Args: "" (the study measured in the README) or "test" (a few steps per run: the suite's).
 """
 
-from prune_ofa_jax.distill import pipelines, runs
+from prune_ofa_jax.kdsearch import candidates, runs
 
 
 def get_config(arg: str = ""):
@@ -13,5 +13,5 @@ def get_config(arg: str = ""):
     p.candidates = 16 if arg == "test" else 256   # pipelines AutoDistiller ranks per task
     # The fixed rows (distill/pipelines.py FIXED); the tiny test runs the last one (KD +
     # MI-alpha + contextual augmentation: every code path of the rows before it).
-    p.rows = ("augment",) if arg == "test" else tuple(pipelines.FIXED)
+    p.rows = ("augment",) if arg == "test" else tuple(candidates.FIXED)
     return p

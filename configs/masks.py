@@ -1,11 +1,11 @@
-"""The mask-method comparison (prune_ofa_jax/study/masks.py, issue 13):
+"""The mask-method comparison (prune_ofa_jax/study/mask_methods.py, issue 13):
 
-  python -m prune_ofa_jax.study.masks --config configs/masks.py --workdir runs/masks
+  python -m prune_ofa_jax.study.mask_methods --config configs/masks.py --workdir runs/masks
 Args: "" (the study measured in the README) or "test" (a few steps per run: the suite's).
 """
 
-from prune_ofa_jax.study import masks
+from prune_ofa_jax.study import mask_methods
 
 
 def get_config(arg: str = ""):
-    return masks.get_config(arg)
+    return mask_methods.get_config(arg)

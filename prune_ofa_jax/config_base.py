@@ -10,6 +10,7 @@ from prune_ofa_jax import presets
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # None (a placeholder of its type) = "from the preset": presets.resolve fills it from the

@@ -3,14 +3,13 @@
 (the demo); any other config is one training run. The console shows our own lines, warnings
 and the progress bar; the full log (library INFO too) is WORKDIR/log.txt."""
 
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from prune_ofa_jax import demo, logs
+from prune_ofa_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py[:arg]).",
@@ -25,12 +24,10 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: the run did not finish; rerun the command
 def main(argv):
     del argv
     # Imported here so --help stays fast and flags parse before jax initialises.
-    from prune_ofa_jax import logs, pipeline  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     logs.setup_console(verbose=FLAGS.verbose)
     try:
         if "pipeline" in FLAGS.config:
-            pipeline.run(FLAGS.config, FLAGS.workdir)
+            demo.run(FLAGS.config, FLAGS.workdir)
         else:
             loop.run(FLAGS.config, FLAGS.workdir)
     except loop.Preempted as e:

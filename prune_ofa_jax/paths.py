@@ -1,4 +1,5 @@
-"""Where the project finds its offline inputs: the shared data root and the MiniLM model dir."""
+"""Where the project finds its offline inputs: the shared data root, the MiniLM model dir and
+the recipes (configs/*.py)."""
 
 import os
 import pathlib
@@ -16,6 +17,21 @@ def data_root() -> pathlib.Path:
             f"data root {root} does not exist; set PRUNE_OFA_DATA to the folder holding "
             "sst2/, glue/, squad_v1.1/, wikitext2/ ...")
     return root
+
+
+def recipes_dir() -> pathlib.Path:
+    """The recipes: `configs/` beside the package in a source checkout, or the copy an
+    installed wheel carries inside the package (`prune_ofa_jax/configs/`)."""
+    for candidate in (pathlib.Path(__file__).resolve().parent / "configs", _REPO / "configs"):
+        if (candidate / "demo.py").is_file():
+            return candidate
+    raise FileNotFoundError("no recipes found: neither prune_ofa_jax/configs/ (an installed "
+                            f"package) nor {_REPO / 'configs'} (a source checkout)")
+
+
+def recipe(name: str) -> pathlib.Path:
+    """The path of recipe `name` ("demo" or "demo.py"): what `--config` defaults name."""
+    return recipes_dir() / (name if name.endswith(".py") else f"{name}.py")
 
 
 def minilm_dir() -> pathlib.Path:

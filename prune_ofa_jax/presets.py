@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 
-from prune_ofa_jax.train import validate
+from prune_ofa_jax import errors
 
 REFERENCE, FAST, NONE = "reference", "fast", ""
 MLM_TASKS = ("pretraining", "mlm")
@@ -55,8 +55,14 @@ KD_WITH_TEACHER = 0.5     # paper presets: 0.5 * task + 0.5 * T^2 KL when teache
 
 def check_name(name: str) -> None:
     if name not in TABLE:
-        raise validate.ConfigError(f"config.preset: {name!r} is not one of "
+        raise errors.ConfigError(f"config.preset: {name!r} is not one of "
                           f"{sorted(k for k in TABLE if k)} (or '' for none)")
+
+
+def check_warmup(c) -> None:
+    if not 0 <= c.optim.warmup_steps < c.train.steps:
+        raise errors.ConfigError(f"config.optim.warmup_steps: {c.optim.warmup_steps} must be "
+                                 f"in [0, train.steps={c.train.steps})")
 
 
 def _get(c, dotted: str):
@@ -86,7 +92,7 @@ def _check_max_predictions(c, explicit: bool) -> None:
     n, seq_len = c.data.max_predictions, c.data.seq_len
     if explicit and c.task in MLM_TASKS and n < MIN_MASK_RATE * seq_len:
         fix = max(1, round(MASK_RATE * seq_len))
-        raise validate.ConfigError(
+        raise errors.ConfigError(
             f"config.data.max_predictions: {n} masks under {MIN_MASK_RATE:.0%} of "
             f"data.seq_len={seq_len} tokens; set data.max_predictions={fix} or leave it unset "
             f"({MASK_RATE:.0%} of seq_len)")
@@ -123,11 +129,11 @@ def resolve_steps(config, sources=None):
     if c.train.epochs > 0 and sources is not None:
         per_epoch = getattr(sources.train, "steps_per_epoch", None)
         if not isinstance(per_epoch, int) or per_epoch <= 0:
-            raise validate.ConfigError(
+            raise errors.ConfigError(
                 f"config.train.epochs: the {c.data.kind} train source has no epochs; set "
                 "train.epochs=0 and train.steps")
         c.train.steps = c.train.epochs * per_epoch
     if c.optim.warmup_fraction > 0 and c.optim.warmup_steps == 0:
         c.optim.warmup_steps = int(math.floor(c.optim.warmup_fraction * c.train.steps))
-    validate.check_warmup(c)
+    check_warmup(c)
     return c

@@ -106,3 +106,26 @@ def qat(kind: str, glue_task: str = "sst2", arg: str = ""):
     if arg == "test":
         c.optim.lr = 1e-4
     return c
+
+
+def small_run(c, p, steps: int):
+    """The settings every small-scale stage shares (the demo's and the studies'): p's
+    preset, seed, data, tokenizer, sequence length and batch; 10 % warmup; two checkpoints."""
+    c.preset = p.preset  # "": config_base's defaults, not the paper's (see configs/demo.py)
+    c.seed = p.seed
+    c.data.root = p.data_root
+    c.data.seq_len = p.seq_len
+    c.data.max_predictions = max(1, round(0.15 * p.seq_len))
+    c.data.tokenizer = p.tokenizer
+    c.train.steps = steps
+    c.train.epochs = 0
+    c.train.batch_size = p.batch_size
+    c.train.log_every = max(1, min(10, steps))
+    c.train.eval_batch_size = p.eval_batch_size
+    c.train.progress = p.progress
+    c.optim.warmup_steps = max(0, steps // 10)
+    c.optim.warmup_fraction = 0.0
+    c.checkpoint.every = max(1, steps // 2)
+    c.checkpoint.keep = 1
+    c.mesh.data = -1
+    return c

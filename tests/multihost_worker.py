@@ -8,6 +8,7 @@ import os
 import sys
 
 import train_helpers
+
 from prune_ofa_jax.train import feed, loop
 
 

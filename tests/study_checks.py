@@ -10,7 +10,7 @@ import numpy as np
 
 from prune_ofa_jax.convert import qat_ranges
 from prune_ofa_jax.study import __main__ as study_main
-from prune_ofa_jax.study import common
+from prune_ofa_jax.study import harness
 
 ARGS = ("--models", "dense,sparse,sparse_int8", "--tasks", "sst2,tweets", "--size", "test",
         "--sweep_task", "sst2", "--sweep_levels", "0,0.8", "--latency_batches", "1",
@@ -57,7 +57,7 @@ def check(demo_dir, out, shared_data, capsys) -> None:
     for png in ("reliability.png", "robustness.png", "sweep.png", "size_latency.png"):
         assert 0 < (out / png).stat().st_size < 200_000, png
     assert "[study] run" in first
-    begin, end = common.markers("compress")
+    begin, end = harness.markers("compress")
     (out / "repo").mkdir()
     readme = out / "repo" / "README.md"
     readme.write_text(f"# x\n{begin}\nold\n{end}\nrest\n")

@@ -6,9 +6,8 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 import train_helpers
+
 from prune_ofa_jax import jsonio
 
 MAX_CONSOLE_LINES = 15

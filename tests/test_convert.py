@@ -18,9 +18,7 @@ import torch
 import transformers
 
 from prune_ofa_jax import paths as paths_lib
-from prune_ofa_jax.convert import hf
-from prune_ofa_jax.convert import hf_names
-from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.convert import hf, hf_names, params_ckpt
 from prune_ofa_jax.models import bert
 
 TOL = 1e-4

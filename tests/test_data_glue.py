@@ -3,11 +3,7 @@
 import numpy as np
 import pytest
 
-from prune_ofa_jax.data import classification
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import glue
-from prune_ofa_jax.data import tokenization
-from prune_ofa_jax.data import tweets
+from prune_ofa_jax.data import classification, common, disaster_tweets, glue, tokenization
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +153,17 @@ def test_regression_labels_are_float(tok):
 
 
 def test_tweets(shared_data):
-    ex = tweets.load(shared_data / "disaster_tweets" / "train.csv")
+    ex = disaster_tweets.load(shared_data / "disaster_tweets" / "train.csv")
     assert len(ex) == 7_613 and int(ex.labels.sum()) == 3_271
-    test = tweets.load(shared_data / "disaster_tweets" / "test.csv", require_labels=False)
+    test = disaster_tweets.load(shared_data / "disaster_tweets" / "test.csv", require_labels=False)
     assert len(test) == 3_263 and np.all(test.labels == -1)
-    train, dev = tweets.train_dev_split(ex, 0.1, seed=0)
+    train, dev = disaster_tweets.train_dev_split(ex, 0.1, seed=0)
     assert len(train) + len(dev) == len(ex) and abs(len(dev) - 761) <= 1
     assert abs(dev.labels.mean() - ex.labels.mean()) < 0.002  # stratified
     assert sorted(train.text_a + dev.text_a) == sorted(ex.text_a)  # a partition of the rows
-    again = tweets.train_dev_split(ex, 0.1, seed=0)[1]
+    again = disaster_tweets.train_dev_split(ex, 0.1, seed=0)[1]
     assert again.text_a == dev.text_a
-    assert tweets.train_dev_split(ex, 0.1, seed=1)[1].text_a != dev.text_a
+    assert disaster_tweets.train_dev_split(ex, 0.1, seed=1)[1].text_a != dev.text_a
 
 
 @pytest.mark.parametrize("content, match", [
@@ -202,4 +198,4 @@ def test_bad_stsb_score(tmp_path):
 def test_bad_tweet_files(tmp_path, content, match):
     (tmp_path / "t.csv").write_bytes(content)
     with pytest.raises(common.DataError, match=match):
-        tweets.load(tmp_path / "t.csv")
+        disaster_tweets.load(tmp_path / "t.csv")

@@ -4,11 +4,7 @@ and process sharding (real WikiText-2 validation text, the real uncased WordPiec
 import numpy as np
 import pytest
 
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import instances
-from prune_ofa_jax.data import pretraining
-from prune_ofa_jax.data import text
-from prune_ofa_jax.data import tokenization
+from prune_ofa_jax.data import common, instances, pretraining, text, tokenization
 
 L = 64
 

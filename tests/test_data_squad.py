@@ -6,10 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import squad
-from prune_ofa_jax.data import squad_features
-from prune_ofa_jax.data import tokenization
+from prune_ofa_jax.data import common, squad, squad_features, tokenization
 from prune_ofa_jax.eval import squad_metrics
 
 

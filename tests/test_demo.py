@@ -5,11 +5,11 @@ logits, and hold exactly the sparsity the report states. Every report is strict 
 import jax
 import numpy as np
 import pytest
-import transformers
-
 import study_checks
 import train_helpers
-from prune_ofa_jax import jsonio, pipeline
+import transformers
+
+from prune_ofa_jax import demo, jsonio
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
@@ -22,7 +22,7 @@ def _demo(root):
     hf_convert.export_hf(params, mcfg, "base", root / "base_hf")
     c = train_helpers.recipe("demo", "test")
     c.pipeline.base_model = str(root / "base_hf")
-    summary = pipeline.run(c, root / "run")
+    summary = demo.run(c, root / "run")
     return root / "run", summary, c
 
 

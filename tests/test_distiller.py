@@ -5,11 +5,12 @@ critics that checkpoint and resume exactly and are never exported, and config er
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax import checkpoint as ckpt_lib
+from prune_ofa_jax import errors
 from prune_ofa_jax.data import classification, glue, tokenization
-from prune_ofa_jax.distill import augment, augmented, emd, objective
+from prune_ofa_jax.distill import augment_batches, augment_ops, emd, layer_kd
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import build, synthetic, validate
 
@@ -38,13 +39,13 @@ def _check_rows(out, vocab, max_len, pair=True):
 
 def test_augmentation_is_seeded_and_keeps_rows_and_labels_valid(mrpc, tiny_ckpts):
     tok, ds = mrpc
-    vocab = augment.Vocab.from_tokenizer(tok)
+    vocab = augment_ops.Vocab.from_tokenizer(tok)
     arrays = {k: np.asarray(v, np.int64) for k, v in ds.arrays.items() if k != "labels"}
     real = arrays["attention_mask"].astype(bool)
     for kind in ("swap", "delete"):
-        a = augment.edit_rows(arrays, kind, 0.2, seed=3, vocab=vocab)
-        b = augment.edit_rows(arrays, kind, 0.2, seed=3, vocab=vocab)
-        c = augment.edit_rows(arrays, kind, 0.2, seed=4, vocab=vocab)
+        a = augment_ops.edit_rows(arrays, kind, 0.2, seed=3, vocab=vocab)
+        b = augment_ops.edit_rows(arrays, kind, 0.2, seed=3, vocab=vocab)
+        c = augment_ops.edit_rows(arrays, kind, 0.2, seed=4, vocab=vocab)
         jax.tree.map(np.testing.assert_array_equal, a, b)
         assert any((a[k] != c[k]).any() for k in a)
         _check_rows(a, vocab, 40)
@@ -55,9 +56,9 @@ def test_augmentation_is_seeded_and_keeps_rows_and_labels_valid(mrpc, tiny_ckpts
                 assert after == before and not (a["input_ids"][r] == arrays["input_ids"][r]).all()
             else:                # tokens only removed
                 assert len(after) < len(before) and not (set(after) - set(before))
-    model, params = augmented._load_mlm(tiny_ckpts["bert"])  # pylint: disable=protected-access
-    a = augment.contextual_rows(arrays, model, params, 0.2, 5, vocab, top_k=5, batch_size=16)
-    b = augment.contextual_rows(arrays, model, params, 0.2, 5, vocab, top_k=5, batch_size=16)
+    model, params = augment_batches._load_mlm(tiny_ckpts["bert"])  # pylint: disable=protected-access
+    a = augment_ops.contextual_rows(arrays, model, params, 0.2, 5, vocab, top_k=5, batch_size=16)
+    b = augment_ops.contextual_rows(arrays, model, params, 0.2, 5, vocab, top_k=5, batch_size=16)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     _check_rows(a, vocab, 40)
     changed = a["input_ids"] != arrays["input_ids"]
@@ -69,8 +70,8 @@ def test_augmentation_is_seeded_and_keeps_rows_and_labels_valid(mrpc, tiny_ckpts
     class Cfg:  # the config.augment fields the dataset reads
         kinds, copies, pool_rows, rate, mlm_path, mlm_top_k, fraction, mixup_alpha = (
             ("swap", "contextual", "mixup"), 2, 10, 0.2, tiny_ckpts["bert"], 5, 0.5, 0.4)
-    data = augmented.AugmentedDataset(ds, tok, Cfg, seed=1)
-    again = augmented.AugmentedDataset(ds, tok, Cfg, seed=1)
+    data = augment_batches.AugmentedDataset(ds, tok, Cfg, seed=1)
+    again = augment_batches.AugmentedDataset(ds, tok, Cfg, seed=1)
     assert len(data.pool["source"]) == 2 * 10 and data.steps_per_epoch == 6
     assert len(set(data.pool["source"][:10]) | set(data.pool["source"][10:])) > 10
     for step in (0, 7):
@@ -96,11 +97,11 @@ def test_emd_plan_has_uniform_marginals_and_follows_the_costs():
     np.testing.assert_allclose(plan.sum(1), 1 / 3, atol=1e-4)
     np.testing.assert_allclose(plan.sum(0), 1 / 6, atol=1e-4)
     assert float(loss) < 0.01 and np.asarray(plan)[cost > 0].sum() < 1e-3
-    pairs = objective.layer_pairs(objective.spec_lib.Spec(layer_map="emd"), 3, 6)
+    pairs = layer_kd.layer_pairs(layer_kd.spec_lib.Spec(layer_map="emd"), 3, 6)
     assert len(pairs) == 18
-    assert objective.layer_pairs(objective.spec_lib.Spec(layer_map="skip"), 3, 6) == (
+    assert layer_kd.layer_pairs(layer_kd.spec_lib.Spec(layer_map="skip"), 3, 6) == (
         (0, 1), (1, 3), (2, 5))
-    assert objective.layer_pairs(objective.spec_lib.Spec(layer_map="last"), 3, 6) == (
+    assert layer_kd.layer_pairs(layer_kd.spec_lib.Spec(layer_map="last"), 3, 6) == (
         (0, 3), (1, 4), (2, 5))
 
 
@@ -124,7 +125,7 @@ def test_mi_objective_on_the_upstream_recipe(tiny_ckpts):
                                   "distill.attention_weight": 0.5})
     validate.validate(c)
     run = build.build(c, mesh=_one_device())
-    critics = run.state.aux[objective.AUX_NAME]
+    critics = run.state.aux[layer_kd.AUX_NAME]
     assert sorted(critics) == [f"critic_s{s}_t{t}" for s in range(2) for t in range(2)]
     before = jax.tree.map(np.array, critics)
     state, m = run.step_fn(run.state, run.teacher_params, mesh_lib.global_batch(_batch(c, 0),
@@ -132,7 +133,7 @@ def test_mi_objective_on_the_upstream_recipe(tiny_ckpts):
     assert np.isfinite(float(m["loss"])) and {"inter_mi_alpha", "mi_nats", "attn_kl"} <= set(m)
     assert float(m["inter_mi_alpha"]) == pytest.approx(-float(m["mi_nats"]), abs=1e-4)
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
-                         state.aux[objective.AUX_NAME], before)
+                         state.aux[layer_kd.AUX_NAME], before)
     for name in critics:  # the EMD plan weights every pair, so every critic learns
         assert moved[name]["g_student"]["out"]["kernel"] > 0, name
         assert moved[name]["g_teacher"]["out"]["kernel"] > 0, name
@@ -169,7 +170,7 @@ def test_critics_checkpoint_resume_exactly_on_the_finetune_recipe(tiny_ckpts, tm
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, state.params),
                  jax.tree.map(np.array, resumed.params))
     assert float(m["mi_nats"]) == float(m2["mi_nats"])
-    assert sorted(state.aux[objective.AUX_NAME]) == ["critic_s0_t0", "critic_s1_t1"]
+    assert sorted(state.aux[layer_kd.AUX_NAME]) == ["critic_s0_t0", "critic_s1_t1"]
     assert not any("critic" in jax.tree_util.keystr(k)
                    for k, _ in jax.tree_util.tree_leaves_with_path(state.params))
 
@@ -186,5 +187,5 @@ def test_bad_distiller_config_names_the_key(tiny_ckpts, key, value, match):
                              teacher=tiny_ckpts["bert"])
     c.update_from_flattened_dict({"distill.kd_weight": 0.5, "distill.intermediate": "mse"})
     c.update_from_flattened_dict({key: value})
-    with pytest.raises(validate.ConfigError, match=match):
+    with pytest.raises(errors.ConfigError, match=match):
         validate.validate(c)

@@ -6,10 +6,10 @@ import importlib.util
 import json
 
 import pytest
-
 import train_helpers
-from prune_ofa_jax.distill import autodistiller, pipelines
-from prune_ofa_jax.study import common, distiller
+
+from prune_ofa_jax.kdsearch import autodistiller, candidates
+from prune_ofa_jax.study import distiller, harness
 
 
 def _config():
@@ -35,7 +35,7 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
             assert len(cell["per_seed"]) == len(p.seeds) and 0 <= cell["mean"] <= 100
     for t in tasks:
         pick = summary["picks"][t]["pipeline"]
-        assert pipelines.canonical(pick) == pick
+        assert candidates.canonical(pick) == pick
         loto = summary["leave_one_task_out"][t]
         assert loto["rows"] == len(p.rows) * len(p.seeds) + p.search_budget
         assert loto["best_ratio"] >= loto["top_pick_ratio"] - 1e-9
@@ -49,14 +49,14 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert "AutoDistiller's pick" in md and "MRPC F1" in md
     # The command line on the same settings: a rerun (everything done before, nothing
     # trains) that writes the README section and ships the meta-table.
-    begin, end = common.markers("distiller")
+    begin, end = harness.markers("distiller")
     (tmp_path / "repo").mkdir()
     readme = tmp_path / "repo" / "README.md"
     readme.write_text(f"# x\n{begin}\nold\n{end}\n## Layout\n")
     monkeypatch.setattr(autodistiller, "TABLE", tmp_path / "shipped.csv")
     first = json.loads((tmp_path / "summary.json").read_text())
     config = f"{train_helpers.REPO / 'configs' / 'distiller_study.py'}:test"
-    assert common.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
+    assert harness.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
                                       f"--workdir={tmp_path}", f"--readme={readme}"]) == 0
     text = readme.read_text()
     assert "old" not in text and "(docs/distiller.png)" in text and md in text
@@ -66,7 +66,7 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     assert again["rows"] == first["rows"] and again["wall_time_s"] < first["wall_time_s"]
     # the cost reported is every run's, not the last invocation's
     assert again["run_wall_time_s"] == first["run_wall_time_s"] > again["wall_time_s"]
-    assert common.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
+    assert harness.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
                                       f"--workdir={tmp_path}"]) == 2
     assert "no such --config key" in capsys.readouterr().err
     with pytest.raises(ValueError, match="other settings"):

@@ -6,8 +6,7 @@ import pytest
 import scipy.stats
 from sklearn import metrics as skm
 
-from prune_ofa_jax.eval import glue_metrics
-from prune_ofa_jax.eval import squad_metrics
+from prune_ofa_jax.eval import glue_metrics, squad_metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -4,8 +4,8 @@ the real disaster-tweets split (a fresh classification head, positive-class F1 +
 
 import jax
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax.convert import hf, params_ckpt
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config

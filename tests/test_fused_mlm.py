@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax.distill import fused_mlm, losses
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import build, synthetic

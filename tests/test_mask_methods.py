@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 import train_helpers
-from prune_ofa_jax.sparsity import exact_topk, patterns, schedules
+
+from prune_ofa_jax import errors
+from prune_ofa_jax.sparsity import exact_topk
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.sparsity import methods
-from prune_ofa_jax.sparsity.methods import adaprune, base, movement_hard, movement_soft
-from prune_ofa_jax.sparsity.methods import supermask
+from prune_ofa_jax.sparsity import methods, patterns, schedules
+from prune_ofa_jax.sparsity.methods import adaprune, base, movement_hard, movement_soft, supermask
 from prune_ofa_jax.train import validate
 
 KEY = methods.AUX_KEY
@@ -172,7 +172,7 @@ def test_method_configs_and_deprecated_spellings():
                         ({"distribution": "layerwise"}, "config.sparsity.distribution")):
             bad = c.copy_and_resolve_references()
             bad.sparsity.update_from_flattened_dict({"method": "magnitude", **over})
-            with pytest.raises(validate.ConfigError, match=match):
+            with pytest.raises(errors.ConfigError, match=match):
                 validate.validate(bad)
     for name, frozen in (("movement_hard", False), ("movement_soft", False),
                          ("adaprune", True), ("supermask", True)):
@@ -187,7 +187,7 @@ def test_method_configs_and_deprecated_spellings():
 
 # --- whole runs -------------------------------------------------------------------------
 def _legacy_train_step(state, teacher_params, batch, *, model, teacher, tx, cfg, lr_fn,
-                       schedule, prune_fn):
+                       schedule, prune_fn, regrow=False):
     """The train step before the method interface (commit 8c3020f), verbatim but for the
     aux slot (empty here): GMP under lax.cond, masked grads, hard zero unless regrow."""
     from prune_ofa_jax.train import objectives, steps
@@ -223,7 +223,7 @@ def _legacy_train_step(state, teacher_params, batch, *, model, teacher, tx, cfg,
     grads = masks_lib.apply_masks(jax.tree.map(lambda g: g / accum, grads), masks)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if not cfg.regrow:
+    if not regrow:
         params = masks_lib.apply_masks(params, masks)
     metrics = {k: v.mean() for k, v in terms.items()}
     metrics.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads))
@@ -243,7 +243,8 @@ def test_gmp_through_the_interface_equals_the_step_before(tiny_ckpts):
     c.sparsity.end_step, c.sparsity.update_every, c.sparsity.freeze_step = 4, 2, 6
     c.sparsity.regrow = False
     run = build.build(c, mesh=mesh_lib.make_mesh(8, 1, 1))
-    schedule, method = build.make_schedule(c)
+    method = build.make_method(c)
+    schedule = method.schedule
     assert method.name == "magnitude" and schedule == run.method.schedule
     legacy = jax.jit(functools.partial(
         _legacy_train_step, model=run.model, teacher=run.teacher, tx=run.tx,
@@ -304,6 +305,7 @@ def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, m
     reloads with exactly the masks' zeros and, with the exported head, gives our logits."""
     import torch
     import transformers
+
     from prune_ofa_jax.convert import hf as hf_convert
     from prune_ofa_jax.convert import layer_mix, params_ckpt
     from prune_ofa_jax.models import bert
@@ -321,8 +323,9 @@ def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, m
     a, mcfg, _ = params_ckpt.load_params(tmp_path / "straight" / "model")
     b, _, _ = params_ckpt.load_params(tmp_path / "resumed" / "model")
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    from prune_ofa_jax import checkpoint as ckpt_lib
     import orbax.checkpoint as ocp
+
+    from prune_ofa_jax import checkpoint as ckpt_lib
     states = [ckpt_lib.make_manager(tmp_path / d / "checkpoints").restore(
         8, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         for d in ("straight", "resumed")]
@@ -358,6 +361,7 @@ def test_movement_resumes_exactly_and_exports_zeros(tiny_ckpts, tmp_path, monkey
     :test, tests/test_mask_study.py.)"""
     import orbax.checkpoint as ocp
     import transformers
+
     from prune_ofa_jax import checkpoint as ckpt_lib
     from prune_ofa_jax.convert import hf as hf_convert
     from prune_ofa_jax.convert import params_ckpt

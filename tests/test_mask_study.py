@@ -10,8 +10,8 @@ import pytest
 
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.study import masks as study
-from prune_ofa_jax.study import masks_report
+from prune_ofa_jax.study import mask_methods as study
+from prune_ofa_jax.study import mask_methods_report
 
 
 def test_mask_study_test_size(tiny_ckpts, shared_data, tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_mask_study_test_size(tiny_ckpts, shared_data, tmp_path, capsys):
     spread = summary["spread"]["0.5"]["magnitude"]
     assert spread["type"]["q"] == pytest.approx(0.5)  # uniform: every tensor at the target
     table = (tmp_path / "table.md").read_text()
-    assert all(label in table for label in masks_report.LABELS.values())
+    assert all(label in table for label in mask_methods_report.LABELS.values())
     assert (tmp_path / "masks.png").stat().st_size > 10_000
     again = study.run(p, tmp_path)  # a rerun continues: nothing left to do
     assert "done before, skipping" in capsys.readouterr().out

@@ -19,8 +19,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.train import loop

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from prune_ofa_jax.nas import config as nas_config
-from prune_ofa_jax.nas import search
+from prune_ofa_jax.nas import defaults as nas_config
+from prune_ofa_jax.nas import evolution
 from prune_ofa_jax.nas import space as space_lib
 
 SPACE = space_lib.Space.from_config(nas_config.defaults().space)
@@ -25,7 +25,7 @@ def test_sampler_is_a_pure_function_of_the_step_in_every_process():
     assert all(SPACE.contains(space_lib.sample_for_step(SPACE, 7, s)) for s in range(300))
     assert len(set(keys)) > 200  # really random, not a constant
     assert keys != [space_lib.sample_for_step(SPACE, 8, s).key() for s in range(300)]
-    code = ("from prune_ofa_jax.nas import config, space as S; "
+    code = ("from prune_ofa_jax.nas import defaults as config, space as S; "
             "sp = S.Space.from_config(config.defaults().space); "
             "print(' '.join(S.sample_for_step(sp, 7, s).key() for s in range(300)))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -72,8 +72,8 @@ def test_search_stays_in_the_latency_window_and_resumes_from_its_cache():
     s_cfg = nas_config.defaults().search
     s_cfg.budget, s_cfg.generation, s_cfg.parents = 30, 10, 10
     teacher = float(_fake_ms([SPACE.top()])[0])
-    window = search.Window.for_speedup(teacher, 4.0, s_cfg.window)
-    pool = search.candidates(SPACE, _fake_ms, window)
+    window = evolution.Window.for_speedup(teacher, 4.0, s_cfg.window)
+    pool = evolution.candidates(SPACE, _fake_ms, window)
     assert 50 < len(pool) < len(SPACE.all())
     calls = []
 
@@ -83,7 +83,7 @@ def test_search_stays_in_the_latency_window_and_resumes_from_its_cache():
 
     predict = lambda a: float(_fake_ms([a])[0])
     cache = {}
-    res = search.evolve(SPACE, pool, predict, window, fitness, s_cfg, 0, cache,
+    res = evolution.evolve(SPACE, pool, predict, window, fitness, s_cfg, 0, cache,
                         say=lambda m: None)
     archs = [a for a, _ in res["evaluated"]]
     assert len(archs) == 30 == len(set(archs)) == len(calls)
@@ -96,7 +96,7 @@ def test_search_stays_in_the_latency_window_and_resumes_from_its_cache():
     near = lambda a, b: sum(x != y for x, y in zip(a.to_dict().values(),
                                                    b.to_dict().values())) <= 2
     assert any(near(a, b) for a in archs[10:] for b in archs[:10])
-    again = search.evolve(SPACE, pool, predict, window, fitness, s_cfg, 0, cache,
+    again = evolution.evolve(SPACE, pool, predict, window, fitness, s_cfg, 0, cache,
                           say=lambda m: None)
     assert [a for a, _ in again["evaluated"]] == archs and len(calls) == 30  # all cached
 
@@ -145,6 +145,7 @@ def tiny_teacher(tmp_path_factory):
 def test_extracted_submodel_equals_supernet_and_standalone(tiny_teacher, tmp_path):
     import torch
     import transformers
+
     from prune_ofa_jax.convert import params_ckpt
     from prune_ofa_jax.models import bert
     from prune_ofa_jax.nas import elastic, extract, rewire

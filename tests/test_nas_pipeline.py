@@ -3,16 +3,15 @@ one compiled step per bucket (counted), exact resume; and configs/autotinybert.p
 end (report.json with "found" and "extracted", HF dirs that load in transformers)."""
 
 import json
-import pathlib
 
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax import presets
 from prune_ofa_jax.convert import params_ckpt
-from prune_ofa_jax.nas import pipeline, supernet
+from prune_ofa_jax.nas import stages, supernet
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import inputs, loop
 
@@ -23,7 +22,7 @@ def nas_config(tmp_path_factory):
     c = train_helpers.recipe("autotinybert", "test", resolve=False)
     c.lock()  # as the CLI's config flag hands it over
     root = tmp_path_factory.mktemp("nas")
-    return pipeline._teacher(c, root), root  # pylint: disable=protected-access
+    return stages._teacher(c, root), root  # pylint: disable=protected-access
 
 
 def test_supernet_same_loss_dp_and_fsdp_one_compile_per_bucket(nas_config, monkeypatch):
@@ -76,9 +75,9 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
     real = inputs.make_sources
     monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 3))
     with pytest.raises(KeyboardInterrupt):   # killed in the supernet stage after step 2
-        pipeline.run(c, wd)
+        stages.run(c, wd)
     monkeypatch.setattr(inputs, "make_sources", real)
-    report = pipeline.run(c, wd)             # the same command: resumes, then the rest
+    report = stages.run(c, wd)             # the same command: resumes, then the rest
     assert "resumed from step 2" in (wd / "1_supernet" / "log.txt").read_text()
     a, _, _ = params_ckpt.load_params(root / "straight" / "model")
     b, _, _ = params_ckpt.load_params(wd / "1_supernet" / "model")
@@ -100,7 +99,7 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
     assert on_disk["latency"]["n_archs"] >= 4 and on_disk["prune_ofa"]["sparsity"] == 0.8
     # every stage done: a rerun only re-reads, and its report keeps the cost of all invocations
     walls = on_disk["stage_wall_s"]
-    again = pipeline.run(c, wd)
+    again = stages.run(c, wd)
     assert again["found"] == report["found"]
     assert all(again["stage_wall_s"][k] >= v for k, v in walls.items())
     assert again["wall_time_s"] >= on_disk["wall_time_s"] > again["wall_time_s"] / 2

@@ -8,8 +8,8 @@ import warnings
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax.convert import hf, pack_ckpt, packed, params_ckpt, qat_ranges
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
@@ -119,8 +119,9 @@ def test_corrupt_truncated_foreign_and_wrong_model_files(sparse_cls, tmp_path):
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
     """The CLI in this process (its imports are already paid): (status, stdout, stderr)."""
-    from prune_ofa_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
+
+    from prune_ofa_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
     capsys.readouterr()
     verbosity = transformers.utils.logging.get_verbosity()
     with warnings.catch_warnings():  # the CLI silences library chatter: keep that local

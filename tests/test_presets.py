@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_helpers
 from absl import flags
 from ml_collections import config_flags
 
-import train_helpers
-from prune_ofa_jax import config_base, pipeline, presets, recipes
+from prune_ofa_jax import config_base, demo, errors, presets
 from prune_ofa_jax.quant import fake_quant, qat
-from prune_ofa_jax.train import build, loop, validate
+from prune_ofa_jax.train import build, loop
 
 UPSTREAM = ("prune_ofa_bert_base", "85")
 
@@ -54,12 +54,12 @@ def test_row_mlm_distillation_positions():
 def test_row_pruned_weights_regrow():
     assert _recipe(*UPSTREAM).sparsity.regrow is True
     assert _recipe(*UPSTREAM, preset="fast").sparsity.regrow is False
-    assert build.step_config(_recipe(*UPSTREAM)).regrow is True
+    assert build.make_method(_recipe(*UPSTREAM)).regrow is True
 
 
 @pytest.mark.parametrize("preset", ["reference", "fast"])
 def test_row_last_mask_update_at_80k_inclusive(preset):
-    sched, _ = build.make_schedule(_recipe(*UPSTREAM, preset=preset))
+    sched = build.make_method(_recipe(*UPSTREAM, preset=preset)).schedule
     steps = jnp.arange(0, 100_001)
     updates = np.flatnonzero(np.asarray(jax.jit(jax.vmap(sched.is_update_step))(steps)))
     assert updates[-1] == 80_000 and sched.last_update_step == 80_000
@@ -78,7 +78,7 @@ def test_row_max_predictions_follow_seq_len():
     assert _recipe(*UPSTREAM, preset="fast").data.max_predictions == 19
     assert _recipe(*UPSTREAM, **{"data.max_predictions": 60}).data.max_predictions == 60
     assert _recipe("teacher_prep", "").data.max_predictions == 20  # no preset: as before
-    with pytest.raises(validate.ConfigError,
+    with pytest.raises(errors.ConfigError,
                        match=r"config\.data\.max_predictions.*data\.max_predictions=77 or "
                              r"leave it unset"):
         _recipe(*UPSTREAM, **{"data.max_predictions": 20})  # 3.9 % of 512 tokens
@@ -157,7 +157,7 @@ def test_row_finetune_epochs_batch_seq_and_kd():
     assert glue.train.steps != steps.train.steps  # a copy
     explicit = _recipe("finetune_glue", "sst2", **{"optim.warmup_steps": 5})
     assert presets.resolve_steps(explicit, sources).optim.warmup_steps == 5
-    with pytest.raises(validate.ConfigError, match="config.train.epochs"):
+    with pytest.raises(errors.ConfigError, match="config.train.epochs"):
         presets.resolve_steps(glue, types.SimpleNamespace(train=object()))
 
 
@@ -176,9 +176,9 @@ def test_command_line_beats_preset():
 def test_unknown_preset_is_a_config_error(tmp_path):
     c = config_base.base()
     c.preset = "paper"
-    with pytest.raises(validate.ConfigError, match=r"config\.preset"):
+    with pytest.raises(errors.ConfigError, match=r"config\.preset"):
         presets.resolve(c)
-    with pytest.raises(validate.ConfigError, match=r"config\.preset"):
+    with pytest.raises(errors.ConfigError, match=r"config\.preset"):
         loop.run(c, tmp_path)  # before anything is built
 
 
@@ -195,7 +195,7 @@ def test_no_preset_keeps_config_base_defaults():
 
 def test_demo_and_test_variants_stay_small_and_fast(tmp_path):
     p = train_helpers.recipe("demo", "", resolve=False).pipeline
-    for name, (cfg, _) in pipeline.stage_configs(p, tmp_path).items():
+    for name, (cfg, _) in demo.stage_configs(p, tmp_path).items():
         r = presets.resolve(cfg)
         assert r.preset == "" and r.train.epochs == 0, name
         assert (r.sparsity.regrow, r.distill.mlm_positions_only, r.optim.eps) == (

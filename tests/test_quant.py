@@ -10,8 +10,7 @@ import pytest
 from prune_ofa_jax import quant
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as config_lib
-from prune_ofa_jax.quant import fake_quant
-from prune_ofa_jax.quant import qat
+from prune_ofa_jax.quant import fake_quant, qat
 
 
 def _rand(shape, seed=0, scale=1.0, shift=0.0):

@@ -5,13 +5,13 @@ README section."""
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax import jsonio, presets
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
-from prune_ofa_jax.study import common, report, reproduce
+from prune_ofa_jax.study import harness, reproduce, reproduce_report
 
 
 def _resolved(runs, name):
@@ -78,13 +78,13 @@ def test_tiny_study_end_to_end(tmp_path):
     jsonio.loads_strict((tmp_path / "study" / "summary.json").read_text())
     assert (tmp_path / "study" / "reproduce.png").stat().st_size > 1000
     path = tmp_path / "README.md"
-    begin, end = common.markers("reproduce")
+    begin, end = harness.markers("reproduce")
     path.write_text(f"intro\n{begin}\nold\n{end}\nrest\n")
-    common.write(path, "reproduce", report.markdown(summary),
+    harness.write(path, "reproduce", reproduce_report.markdown(summary),
                  tmp_path / "study" / "reproduce.png", "retention", "cmd")
     text = path.read_text()
     assert "old" not in text and "| Prune OFA (all-token KD) |" in text and "rest" in text
     # Rerunning skips every finished run and gives the same table.
     again = reproduce.run(p, tmp_path / "study")
-    assert report.markdown(again).split("Whole study")[0] == report.markdown(summary).split(
+    assert reproduce_report.markdown(again).split("Whole study")[0] == reproduce_report.markdown(summary).split(
         "Whole study")[0]

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax import checkpoint as ckpt_lib
-from prune_ofa_jax import jsonio, paths
+from prune_ofa_jax import errors, jsonio, paths
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import schedules
@@ -145,7 +145,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(init_dir, tmp_path, monke
 ])
 def test_bad_config_fails_before_compiling(init_dir, key, value, match):
     c = _pruning_config(init_dir, **{key: value})
-    with pytest.raises(validate.ConfigError, match=match):
+    with pytest.raises(errors.ConfigError, match=match):
         validate.validate(c)
 
 

@@ -4,8 +4,8 @@ teacher is untouched; the loss falls; no retracing; the locked pattern survives 
 import jax
 import numpy as np
 import pytest
-
 import train_helpers
+
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build, synthetic

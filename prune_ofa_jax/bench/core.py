@@ -148,9 +148,6 @@ def _step_records(steps, torch_steps, times, cpu, mcfg, bc) -> dict:
 
 def run(bc, out_dir: str = "bench_results", log=print) -> dict:
     """The whole bench; writes `<out_dir>/bench.json` and returns its content."""
-    if bc.suite == "input":  # the pre-training input figures (bench/input.py), nothing else
-        from prune_ofa_jax.bench import input as input_bench  # pylint: disable=import-outside-toplevel
-        return input_bench.run(bc, out_dir, log)
     t_start = time.perf_counter()
     info = machine.info()
     if bc.accel_only:

@@ -19,11 +19,14 @@ import statistics
 import tempfile
 import time
 
+import jax
 import numpy as np
 
 from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import machine, settings, timing
-from prune_ofa_jax.convert import hf, pack_ckpt, qat_ranges
+from prune_ofa_jax.convert import hf, hf_names, loader, pack_ckpt, qat_ranges
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.runtime import onnx_export, ort
 from prune_ofa_jax.sparsity import masks as masks_lib
 
 FIXED_RANGE = {"input_min": -8.0, "input_max": 8.0}
@@ -40,10 +43,8 @@ def prune_copy(params, target: float):
 
 def _model(name: str, ic):
     """(params, model_config, quant or None, label)."""
-    import jax  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.models import bert  # pylint: disable=import-outside-toplevel
     if ic.ckpt:
-        params, mcfg, task = pack_ckpt.load_any(ic.ckpt)
+        params, mcfg, task = loader.load(ic.ckpt)
         if task != "cls":
             raise ValueError(f"config.inference.ckpt: a 'cls' model is needed, got {task!r}")
         quant = None if pathlib.Path(ic.ckpt).is_file() else qat_ranges.load(ic.ckpt)
@@ -57,7 +58,6 @@ def torch_fn(params, mcfg, threads: int):
     """A blocking fp32 HF forward for a feed dict (numpy int64 arrays)."""
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.convert import hf_names  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
     cls = getattr(transformers, hf_names.hf_class_name(mcfg.model_type, "cls"))
     model = cls(hf.hf_config(mcfg, "cls"))
@@ -75,7 +75,6 @@ def torch_fn(params, mcfg, threads: int):
 
 
 def ort_fn(params, mcfg, path, int8: bool, quant, threads: int):
-    from prune_ofa_jax.runtime import onnx_export, ort  # pylint: disable=import-outside-toplevel
     if int8 and quant is None:
         quant = {"config": {}, "ranges": {k[:-len("/kernel")]: FIXED_RANGE
                                           for k in hf.flatten(params) if k.endswith("/kernel")}}

@@ -26,11 +26,15 @@ import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from prune_ofa_jax import jsonio
-from prune_ofa_jax.bench import machine
-from prune_ofa_jax.data import prepare, records
+from prune_ofa_jax.bench import core, machine
+from prune_ofa_jax.data import prepare, pretraining, records, stream, text, tokenization
+from prune_ofa_jax.parallel import mesh as mesh_lib
+from prune_ofa_jax.train import feed as feed_lib
 
 SHARED_SOURCE = "text:wikitext2/*.txt,text_gutenberg_nltk/*.txt,text_state_union/*.txt"
 FIGURES = ("prepare_tokens_per_s", "prepare_speedup_vs_in_memory", "first_batch_s_200m",
@@ -45,7 +49,6 @@ def _figure(value, target, direction, note, **extra) -> dict:
 
 
 def _prepare_figures(tmp: pathlib.Path, log) -> dict:
-    from prune_ofa_jax.data import pretraining, text, tokenization  # pylint: disable=import-outside-toplevel
     tok = tokenization.load_tokenizer(None)
     t0 = time.perf_counter()
     corpus = pretraining.TokenizedCorpus.from_sources(text.shared_corpus(), tok, progress=False)
@@ -105,7 +108,6 @@ def write_synthetic(out: pathlib.Path, num_tokens: int, seq_len: int, shards: in
         writer.close()
         infos.append({"name": name, "split": "train", "records": n_rec, "documents": 0,
                       "sentences": 0, "tokens": n_tok})
-    from prune_ofa_jax.data import tokenization  # pylint: disable=import-outside-toplevel
     tok = tokenization.load_tokenizer(None)
     manifest = {"format": records.FORMAT, "tokenizer": "default (MiniLM)", "seq_len": seq_len,
                 "tokenizer_sha256": records.tokenizer_sha256(tok), "source": "synthetic",
@@ -168,7 +170,6 @@ def _first_batch_figures(bc, tmp: pathlib.Path, log) -> dict:
 
 
 def _throughput(directory: pathlib.Path, seq_len: int, bc) -> float:
-    from prune_ofa_jax.data import stream, tokenization  # pylint: disable=import-outside-toplevel
     ds = stream.PreparedDataset(directory, tokenization.load_tokenizer(None), max_len=seq_len,
                                 batch_size=bc.input.batch_size, seed=0)
     it = ds.iterator(worker_count=bc.input.worker_count, prefetch=4)
@@ -196,11 +197,6 @@ def _throughput_figures(bc, tmp: pathlib.Path, log) -> dict:
 
 def _overlap_figure(bc, tmp: pathlib.Path, r128: float, log) -> dict:
     """The loop's input pattern against a step that holds the device for T."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.data import stream, tokenization  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import feed as feed_lib  # pylint: disable=import-outside-toplevel
     input_s = bc.input.batch_size / r128
     T = max(bc.input.overlap_factor * input_s, bc.input.min_step_s)
 
@@ -250,7 +246,6 @@ def table(figs: dict) -> str:
 
 def run(bc, out_dir: str, log=print) -> dict:
     """The input suite; writes `<out_dir>/bench.json` and returns its content."""
-    from prune_ofa_jax.bench import core  # pylint: disable=import-outside-toplevel
     t_start = time.perf_counter()
     info = machine.info()
     with tempfile.TemporaryDirectory(dir=bc.input.tmp_dir or None) as tmp:

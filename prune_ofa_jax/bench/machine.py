@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 
+import jax
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
 
@@ -43,7 +45,6 @@ def git_commit() -> str:
 
 
 def info() -> dict:
-    import jax  # pylint: disable=import-outside-toplevel
     dev = jax.devices()[0]
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "jax_backend": dev.platform, "device_kind": dev.device_kind,

@@ -13,13 +13,11 @@ On bad input: one "error: ..." line on stderr, exit status 2, no output dir left
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
 import warnings
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from prune_ofa_jax.convert import hf, loader, pack_ckpt, params_ckpt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,7 +93,6 @@ def _precheck(args) -> None:
 
 
 def _import_hf(args) -> str:
-    from prune_ofa_jax.convert import hf, params_ckpt  # pylint: disable=import-outside-toplevel
     task = hf.resolve_task(args.hf_dir, args.task)
     params, model_config = hf.import_hf(args.hf_dir, task, num_labels=args.num_labels,
                                         init_missing_heads=args.init_missing_heads,
@@ -105,15 +102,13 @@ def _import_hf(args) -> str:
 
 
 def _export_hf(args) -> str:
-    from prune_ofa_jax.convert import hf, pack_ckpt  # pylint: disable=import-outside-toplevel
-    params, model_config, task = pack_ckpt.load_any(args.ckpt)
+    params, model_config, task = loader.load(args.ckpt)
     path = hf.export_hf(params, model_config, task, args.out, tokenizer_dir=args.tokenizer_dir,
                         overwrite=args.overwrite)
     return f"wrote HF {model_config.model_type} {task} model to {path}"
 
 
 def _pack(args) -> str:
-    from prune_ofa_jax.convert import pack_ckpt  # pylint: disable=import-outside-toplevel
     opts = pack_ckpt.default_options(fmt=args.format, int8=args.int8, fp16=args.fp16,
                                      int8_embeddings=args.int8_embeddings, codec=args.codec)
     r = pack_ckpt.pack_checkpoint(args.ckpt, args.out, opts)
@@ -126,7 +121,6 @@ def _pack(args) -> str:
 
 
 def _unpack(args) -> str:
-    from prune_ofa_jax.convert import pack_ckpt  # pylint: disable=import-outside-toplevel
     out = pack_ckpt.unpack_to_dir(args.packed, args.out, overwrite=args.overwrite)
     return f"wrote params checkpoint {out}"
 
@@ -148,7 +142,6 @@ def main(argv=None) -> int:
     try:
         _precheck(args)
         _quiet()
-        from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
         try:
             message = COMMANDS[args.command](args)
         except (hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:

@@ -8,6 +8,7 @@ export_hf: params -> an HF dir loadable by transformers' Auto* classes (safetens
   (float32), so pruned zeros stay zero.
 """
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from prune_ofa_jax.convert import hf_names
+from prune_ofa_jax.convert import hf_names, layer_mix
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as config_lib
 
@@ -247,8 +248,14 @@ def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_
     A layer_mix classifier (no HF class has it): the encoder as the family's base model plus
     the head in its own file (convert/layer_mix.py)."""
     if task == "cls" and model_config.cls_head != "default":
-        from prune_ofa_jax.convert import layer_mix  # pylint: disable=import-outside-toplevel
-        return layer_mix.export_hf(params, model_config, out_dir, tokenizer_dir, overwrite)
+        if not layer_mix.has_head(params):
+            raise ConversionError("params lack the layer_mix classifier "
+                                  "(classifier/layer_weights)")
+        base = dataclasses.replace(model_config, cls_head="default")
+        out = export_hf({"backbone": params["backbone"]}, base, "base", out_dir,
+                        tokenizer_dir, overwrite)
+        layer_mix.write_head(out, params["classifier"], model_config)
+        return out
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     out = pathlib.Path(out_dir).absolute()

@@ -10,14 +10,11 @@ the same numbers as our Flax model (tests/test_mask_methods.py checks it).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
 import jax
 import numpy as np
-
-from prune_ofa_jax.convert import hf as hf_convert
 
 HEAD_WEIGHTS = "layer_mix_head.safetensors"
 HEAD_CONFIG = "layer_mix_head.json"
@@ -33,16 +30,14 @@ def head_state_dict(head: dict) -> dict:
             "out_proj.bias": get(head["out_proj"]["bias"])}
 
 
-def export_hf(params, model_config, out_dir, tokenizer_dir=None, overwrite: bool = False):
-    """The encoder as an HF base model dir, the head's two files beside it."""
+def has_head(params) -> bool:
+    return "classifier" in params and "layer_weights" in params["classifier"]
+
+
+def write_head(out: pathlib.Path, head: dict, model_config) -> None:
+    """The head's two files beside an exported base model (convert/hf.py writes that)."""
     import safetensors.numpy  # pylint: disable=import-outside-toplevel
-    if "classifier" not in params or "layer_weights" not in params["classifier"]:
-        raise hf_convert.ConversionError("params lack the layer_mix classifier "
-                                         "(classifier/layer_weights)")
-    base_cfg = dataclasses.replace(model_config, cls_head="default")
-    encoder = {k: v for k, v in params.items() if k == "backbone"}
-    out = hf_convert.export_hf(encoder, base_cfg, "base", out_dir, tokenizer_dir, overwrite)
-    safetensors.numpy.save_file(head_state_dict(params["classifier"]), str(out / HEAD_WEIGHTS))
+    safetensors.numpy.save_file(head_state_dict(head), str(out / HEAD_WEIGHTS))
     (out / HEAD_CONFIG).write_text(json.dumps({
         "head": "layer_mix", "num_layers": model_config.num_layers,
         "hidden_size": model_config.hidden_size, "num_labels": model_config.num_labels,
@@ -50,7 +45,6 @@ def export_hf(params, model_config, out_dir, tokenizer_dir=None, overwrite: bool
         "mix": "softmax(layer_weights)-weighted mean over hidden_states[1:] of the pooled "
                "vector ([CLS], or the mean over non-padding tokens)",
         "mlp": "dense -> tanh -> out_proj"}, indent=2))
-    return out
 
 
 class TorchHead:

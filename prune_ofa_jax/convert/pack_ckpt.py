@@ -4,7 +4,7 @@ pack_checkpoint: reads a params checkpoint (and its QAT ranges), writes the .pof
 returns the report: the size on disk, the size the layout must have (sum of
 eval.compression.tensor_bytes for the storage chosen per tensor; checked exactly against the
 bytes written before the lossless codec), compression.report's estimate, and the ratio to
-the fp32 safetensors payload. load_any: a params dir or a .pofa -> (params, config, task).
+the fp32 safetensors payload.
 """
 
 from __future__ import annotations
@@ -81,13 +81,6 @@ def load_packed(path, model_config: Optional[config_lib.ModelConfig] = None,
     expected = hf.flatten(bert.abstract_params(bert.BertFamily(file_cfg, file_task)))
     packed.check_model(flat, expected, path)
     return hf.unflatten(flat), file_cfg, file_task, quant
-
-
-def load_any(path) -> tuple[Any, config_lib.ModelConfig, str]:
-    """A .pofa file or a params checkpoint dir -> (params, model_config, task)."""
-    if packed.is_packed(path):
-        return load_packed(path)[:3]
-    return params_ckpt.load_params(path)
 
 
 def unpack_to_dir(path, out, overwrite: bool = False) -> pathlib.Path:

@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from prune_ofa_jax.eval import compression
+
 MAGIC = b"POFA\x01\n"
 VERSION = 1
 FORMATS = ("bitmask", "csr", "auto", "dense")
@@ -145,7 +147,6 @@ def _choose(w: np.ndarray, path: str, opts: PackOptions) -> tuple[str, str]:
         return "dense", vtype
     if opts.fmt != "auto":
         return opts.fmt, vtype
-    from prune_ofa_jax.eval import compression  # pylint: disable=import-outside-toplevel
     vb = {"int8": 1, "fp16": 2, "fp32": 4}[vtype]
     sizes = {f: compression.tensor_bytes(w, f, vb) for f in ("dense", "bitmask", "csr")}
     return min(sizes, key=sizes.get), vtype

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 QUANT_JSON = "quant.json"
 _RANGE_KEYS = ("input_min", "input_max", "output_min", "output_max")
@@ -57,7 +58,6 @@ def _from_checkpoint(run_dir: pathlib.Path) -> Optional[dict]:
     config = json.loads(cfg_file.read_text())
     if not config.get("quant", {}).get("enabled"):
         return None
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
     checkpointer = ocp.StandardCheckpointer()
     state = checkpointer.restore(ckpt / str(steps[0]) / "state")
     checkpointer.close()

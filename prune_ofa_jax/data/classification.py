@@ -15,8 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import tokenization
+from prune_ofa_jax.data import common, tokenization
 
 
 @dataclasses.dataclass(frozen=True)

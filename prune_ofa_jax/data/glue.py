@@ -20,8 +20,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from prune_ofa_jax import paths
-from prune_ofa_jax.data import classification
-from prune_ofa_jax.data import common
+from prune_ofa_jax.data import classification, common
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,9 +27,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import instances
-from prune_ofa_jax.data import masking
+from prune_ofa_jax.data import common, instances, masking
 from prune_ofa_jax.data import text as text_lib
 from prune_ofa_jax.data import tokenization
 

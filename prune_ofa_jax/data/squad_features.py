@@ -22,10 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tqdm
 
-from prune_ofa_jax.data import common
-from prune_ofa_jax.data import squad
-from prune_ofa_jax.data import squad_postprocess
-from prune_ofa_jax.data import tokenization
+from prune_ofa_jax.data import common, squad, squad_postprocess, tokenization
 
 log = logging.getLogger(__name__)
 

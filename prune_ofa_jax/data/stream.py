@@ -34,7 +34,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from prune_ofa_jax.data import batched, common, masking, records, tokenization
+from prune_ofa_jax.data import batched, common, masking, pretraining, records, tokenization
 
 
 class _Chunks:
@@ -215,7 +215,6 @@ class Iterator:
 
 
 def special_ids(tokenizer) -> batched.SpecialIds:
-    from prune_ofa_jax.data import pretraining  # pylint: disable=import-outside-toplevel
     ids = pretraining.special_token_ids(tokenizer)
     return batched.SpecialIds(ids.cls, ids.sep, ids.pad, ids.mask, np.asarray(ids.all))
 

@@ -9,11 +9,11 @@ Conventions shared by every function here:
 * Teacher tensors go through `stop_gradient` inside the loss, so nothing differentiates
   through the teacher even if the caller forgets.
 
-Intermediate-representation terms (hidden states, attention maps, layer maps, the learned
-projection) live in `distill.intermediate` and are re-exported here.
+Intermediate-representation terms (hidden states, attention maps, layer maps) live in
+`distill.intermediate`.
 """
 
-from typing import Mapping, Optional, Tuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,26 +40,6 @@ def kd_kl(student_logits: Array, teacher_logits: Array, temperature: float = 2.0
     # where(): classes the teacher gives probability exactly 0 contribute 0, not 0 * inf.
     kl = jnp.sum(jnp.where(pt > 0, pt * (log_pt - log_ps), 0.0), axis=-1)
     return temperature**2 * weighted_mean(kl, weights)
-
-
-def kd_multi(student: Mapping[str, Array], teacher: Mapping[str, Array],
-             weights: Mapping[str, Optional[Array]], temperature: float = 2.0,
-             head_weights: Optional[Mapping[str, float]] = None
-             ) -> Tuple[Array, dict]:
-    """KD over several output heads, e.g. {"mlm_logits": mlm_w, "nsp_logits": None}.
-
-    The heads distilled are the keys of `weights` (each with its own position weights);
-    `head_weights[name]` (default 1.0) scales each head's `kd_kl`. Returns
-    (sum of scaled terms, {name: unscaled term}) so every term can be logged.
-    """
-    head_weights = dict(head_weights or {})
-    unknown = set(head_weights) - set(weights)
-    if unknown:
-        raise ValueError(f"head_weights for heads not distilled: {sorted(unknown)}")
-    parts = {name: kd_kl(student[name], teacher[name], temperature, w)
-             for name, w in weights.items()}
-    total = sum(head_weights.get(name, 1.0) * v for name, v in parts.items())
-    return jnp.asarray(total, jnp.float32), parts
 
 
 def nll(logits: Array, labels: Array) -> Array:
@@ -131,22 +111,3 @@ def mse(pred: Array, target: Array, weights: Optional[Array] = None) -> Array:
     if pred.shape != target.shape:
         raise ValueError(f"mse shapes differ: {pred.shape} vs {target.shape}")
     return weighted_mean(jnp.square(pred - target), weights)
-
-
-def combine(task_loss: Array, kd_loss: Array, task_weight: float = 0.5,
-            kd_weight: float = 0.5) -> Array:
-    """`task_weight * task_loss + kd_weight * kd_loss` (Prune OFA uses 0.5 / 0.5)."""
-    return task_weight * task_loss + kd_weight * kd_loss
-
-
-# Re-exported so the contract's `losses.<name>` works; defined in distill.intermediate.
-from prune_ofa_jax.distill import intermediate as _intermediate  # noqa: E402
-
-hidden_mse = _intermediate.hidden_mse
-hidden_cosine = _intermediate.hidden_cosine
-attention_kl = _intermediate.attention_kl
-attention_mse = _intermediate.attention_mse
-layer_map = _intermediate.layer_map
-hidden_loss = _intermediate.hidden_loss
-attention_loss = _intermediate.attention_loss
-HiddenProjection = _intermediate.HiddenProjection

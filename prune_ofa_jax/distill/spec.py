@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from prune_ofa_jax import errors
 from prune_ofa_jax.distill import mi
 
 LOGIT_LOSSES = ("kl", "soft_ce", "mse")
@@ -61,8 +62,7 @@ class Spec:
 
 
 def _fail(key: str, msg: str):
-    from prune_ofa_jax.train import validate  # pylint: disable=import-outside-toplevel
-    raise validate.ConfigError(f"config.{key}: {msg}")
+    raise errors.ConfigError(f"config.{key}: {msg}")
 
 
 def check(c) -> None:

@@ -10,11 +10,14 @@ the ones the skip map pairs a 3-layer student with.
 
 from __future__ import annotations
 
+import argparse
 import pathlib
 from typing import Sequence
 
 import jax
 
+from prune_ofa_jax import paths
+from prune_ofa_jax.convert import loader, params_ckpt
 from prune_ofa_jax.models import config as model_config
 
 
@@ -34,24 +37,20 @@ def select_layers(params, mcfg: model_config.ModelConfig, layers: Sequence[int])
 
 def make(source: str, layers: Sequence[int], out, task: str = "base") -> pathlib.Path:
     """Writes the student checkpoint (skipped when `out` already holds one)."""
-    from prune_ofa_jax.convert import params_ckpt  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import build  # pylint: disable=import-outside-toplevel
     out = pathlib.Path(out)
     if (out / params_ckpt.MODEL_JSON).exists():
         return out
-    params, mcfg, src_task = build.load_params(source, task, 2, False)
+    params, mcfg, src_task = loader.load(source, task)
     params, mcfg = select_layers(jax.device_get(params), mcfg, layers)
     return params_ckpt.save_params(out, params, mcfg, src_task)
 
 
 def main(argv=None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="", help="HF dir or params ckpt (default: MiniLM-L6)")
     p.add_argument("--layers", default="1,3,5", help="0-based source layers, in order")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    from prune_ofa_jax import paths  # pylint: disable=import-outside-toplevel
     src = args.source or str(paths.minilm_dir())
     print(make(src, [int(x) for x in args.layers.split(",")], args.out))
 

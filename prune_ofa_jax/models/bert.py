@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from prune_ofa_jax.models import config as config_lib
-from prune_ofa_jax.models import heads
-from prune_ofa_jax.models import layers
+from prune_ofa_jax.models import heads, layers
 
 TASKS = ("mlm", "pretraining", "cls", "qa", "base")
 

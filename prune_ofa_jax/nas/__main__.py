@@ -2,15 +2,16 @@
 --workdir DIR [--config.nas.search.budget=50 ...] [--readme README.md]` (stages: nas/pipeline.py).
 Rerunning the command skips finished stages and resumes an interrupted one."""
 
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from prune_ofa_jax import logs
+from prune_ofa_jax.nas import report, stages
+from prune_ofa_jax.study import harness
+from prune_ofa_jax.train import loop
 
 config_flags.DEFINE_config_file("config", "configs/autotinybert.py",
                                 "configs/autotinybert.py[:test]", lock_config=True)
@@ -23,20 +24,15 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.nas import pipeline  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     f = flags.FLAGS
     logs.setup_console(verbose=f.verbose)
     try:
-        summary = pipeline.run(f.config, f.workdir)
+        summary = stages.run(f.config, f.workdir)
     except loop.Preempted as e:
         print(f"[autotinybert] {e}", file=sys.stderr, flush=True)
         sys.exit(143)
     if f.readme:
-        from prune_ofa_jax.nas import report  # pylint: disable=import-outside-toplevel
-        from prune_ofa_jax.study import common  # pylint: disable=import-outside-toplevel
-        common.write(f.readme, "autotinybert", report.markdown(summary),
+        harness.write(f.readme, "autotinybert", report.markdown(summary),
                   pathlib.Path(f.workdir) / "autotinybert.png", "accuracy vs measured latency",
                   "python -m prune_ofa_jax.nas --config configs/autotinybert.py "
                   "--workdir DIR --readme README.md")

@@ -26,14 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
 import sys
 
+import jax
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from prune_ofa_jax import paths
+from prune_ofa_jax.convert import __main__ as convert_cli
+from prune_ofa_jax.convert import hf
+from prune_ofa_jax.nas import elastic, space, supernet
 
 NUM_HEADS = 12
 
@@ -87,8 +89,6 @@ def pad_for_hf(sub: dict, arch, num_heads: int = NUM_HEADS) -> tuple[dict, int]:
 
 def submodel(params, teacher_cfg, arch):
     """(params, ModelConfig) of the plain BERT holding `arch` (BertFamily "base" tree)."""
-    from prune_ofa_jax.nas import elastic  # pylint: disable=import-outside-toplevel
-    import jax  # pylint: disable=import-outside-toplevel
     sub = jax.device_get(elastic.slice_params(params, arch, teacher_cfg.num_heads))
     padded, _ = pad_for_hf(sub, arch, teacher_cfg.num_heads)
     return padded, hf_config_of(teacher_cfg, arch)
@@ -97,7 +97,6 @@ def submodel(params, teacher_cfg, arch):
 def extract(params, teacher_cfg, arch, out, tokenizer_dir=None, overwrite: bool = False,
             source: str = "") -> pathlib.Path:
     """Writes the HF dir of `arch` cut from the supernet `params`; returns its path."""
-    from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
     arch.check_within(_top(teacher_cfg), teacher_cfg.num_heads)
     padded, mcfg = submodel(params, teacher_cfg, arch)
     path = hf.export_hf(padded, mcfg, "base", out, tokenizer_dir=tokenizer_dir,
@@ -110,7 +109,6 @@ def extract(params, teacher_cfg, arch, out, tokenizer_dir=None, overwrite: bool 
 
 
 def _top(cfg):
-    from prune_ofa_jax.nas import space  # pylint: disable=import-outside-toplevel
     return space.Arch(cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.hidden_size)
 
 
@@ -135,8 +133,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from prune_ofa_jax.convert import __main__ as convert_cli  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.nas import space  # pylint: disable=import-outside-toplevel
     args = _parser().parse_args(argv)
     try:
         try:
@@ -151,9 +147,6 @@ def main(argv=None) -> int:
             raise convert_cli.CliError(f"output dir already exists: {args.out} "
                                        "(pass --overwrite)")
         convert_cli._quiet()  # pylint: disable=protected-access
-        from prune_ofa_jax import paths  # pylint: disable=import-outside-toplevel
-        from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
-        from prune_ofa_jax.nas import supernet  # pylint: disable=import-outside-toplevel
         try:
             params, cfg = supernet.load_teacher(str(src))
             out = extract(params, cfg, arch, args.out,

@@ -21,8 +21,12 @@ import statistics
 import time
 from typing import Callable, Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.nas import elastic
 from prune_ofa_jax.nas import extract as extract_lib
 from prune_ofa_jax.nas import space as space_lib
 
@@ -76,10 +80,6 @@ def hf_latency(teacher_cfg, arch, batch: int, seq_len: int, warmup: int, repeats
 
 
 def jax_latency(teacher_cfg, arch, batch: int, seq_len: int, warmup: int, repeats: int) -> float:
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.models import bert  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.nas import elastic  # pylint: disable=import-outside-toplevel
     dev = jax.devices("cpu")[0]
     # Any weights of the right shapes (time does not depend on dense values): the
     # teacher-shaped tree, sliced to the arch.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -177,7 +177,3 @@ class Buckets:
         shapes = {self.of(a) for a in space.all()} if space is not None else {
             Arch(self.layers, h, f, q) for h in self.hidden for f in self.ffn for q in self.qkv}
         return sorted(shapes)
-
-
-def archs_from(items: Sequence) -> list:
-    return [a if isinstance(a, Arch) else Arch.from_dict(a) for a in items]

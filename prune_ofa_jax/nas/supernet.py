@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from prune_ofa_jax import presets
+from prune_ofa_jax.convert import loader
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.nas import elastic
@@ -39,6 +41,7 @@ from prune_ofa_jax.nas import rewire as rewire_lib
 from prune_ofa_jax.nas import space as space_lib
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.sparsity.methods import base as base_method
 from prune_ofa_jax.train import aux as aux_lib
 from prune_ofa_jax.train import build as build_lib
 from prune_ofa_jax.train import optim
@@ -146,8 +149,7 @@ class CachedSteps:
 
 @dataclasses.dataclass
 class SupernetRun:
-    """What train/loop.py needs (see build_lib.Run), plus the loop's optional hooks:
-    `evaluate(state, data)` and `saved_task` (the task recorded with the final params)."""
+    """What train/loop.py reads of a run (see loop.run), for the supernet's own step."""
     config: Any
     mesh: jax.sharding.Mesh
     model_config: model_config_lib.ModelConfig
@@ -159,6 +161,7 @@ class SupernetRun:
     step_fn: CachedSteps
     teacher: Any = None          # the loop's "teacher" line is ours (see _describe)
     saved_task: str = "base"
+    method: Any = base_method.Method()  # no pruning: masks stay as they are
 
     def evaluate(self, state, data) -> dict:
         """KD loss on held-out text at the space's largest and smallest arch."""
@@ -190,7 +193,7 @@ def _eval_fn(cfg, arch: space_lib.Arch):
 
 def load_teacher(path: str):
     """(params, ModelConfig) of the dense teacher as a BertFamily "base" tree (no heads)."""
-    loaded, tcfg, _ = build_lib.load_params(path, "base", 2, False)
+    loaded, tcfg, _ = loader.load(path, "base", 2)
     model = bert.BertFamily(tcfg, "base")
     fresh = bert.init_params(model, jax.random.key(0))
     params, missing = build_lib.graft(fresh, loaded, f"teacher {path}")

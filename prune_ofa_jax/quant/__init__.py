@@ -4,10 +4,5 @@
 `QatDotGeneral` linen module and the injectors. The main names are re-exported here.
 """
 
-from prune_ofa_jax.quant.qat import (  # noqa: F401
-    QatDotGeneral,
-    QuantConfig,
-    embedding_quant,
-    init_quant_stats,
-    make_injector,
-)
+from prune_ofa_jax.quant.qat import (QatDotGeneral, QuantConfig, embedding_quant,  # noqa: F401
+                                     init_quant_stats, make_injector)

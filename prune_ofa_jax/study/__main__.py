@@ -22,6 +22,10 @@ import pathlib
 import sys
 import time
 
+from absl import logging as absl_logging
+
+from prune_ofa_jax.study import compress_report, compress_study, harness
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -66,9 +70,7 @@ def _check(args) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     _check(args)
-    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save/load at INFO
-    from prune_ofa_jax.study import compress_study  # pylint: disable=import-outside-toplevel
     t0 = time.time()
     models = [m for m in args.models.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
@@ -80,10 +82,9 @@ def main(argv=None) -> int:
                              test=args.size == "test")
     print(f"[study] done in {time.time() - t0:.0f} s: {res['report']}")
     if args.readme:
-        from prune_ofa_jax.study import common, compress_report  # pylint: disable=import-outside-toplevel
         table = (compress_report.headline(res["summary"]) + "\nThe rest (per class, robustness, "
                  "latency, calibration and three more plots): the study's report.md.\n")
-        common.write(args.readme, "compress", table, pathlib.Path(args.out) / "size_latency.png",
+        harness.write(args.readme, "compress", table, pathlib.Path(args.out) / "size_latency.png",
                      "size and latency", f"python -m prune_ofa_jax.study --models {args.models} "
                      f"--tasks {args.tasks} --demo DEMO --out DIR --readme README.md")
         print(f"[study] wrote the table and plot into {args.readme}")

@@ -8,11 +8,13 @@ import os
 import pathlib
 import tempfile
 
+import ml_collections
 import numpy as np
 
 from prune_ofa_jax import paths
+from prune_ofa_jax.bench import inference
 from prune_ofa_jax.convert import hf, pack_ckpt, params_ckpt, qat_ranges
-from prune_ofa_jax.data import common, glue, tokenization, tweets
+from prune_ofa_jax.data import common, disaster_tweets, glue, tokenization
 from prune_ofa_jax.runtime import onnx_export, ort
 from prune_ofa_jax.study import quality
 
@@ -24,7 +26,7 @@ def dev_examples(task: str, data_root: str = "", seed: int = 0):
     """The dev rows the study's runs evaluate on (as train/inputs.py picks them)."""
     root = pathlib.Path(data_root) if data_root else paths.data_root()
     if task == "tweets":
-        return tweets.train_dev_split(tweets.load(root / TWEETS_TRAIN), 0.1, seed)[1]
+        return disaster_tweets.train_dev_split(disaster_tweets.load(root / TWEETS_TRAIN), 0.1, seed)[1]
     spec = glue.task(task)
     for data_dir in (root / "glue", root):
         try:
@@ -93,8 +95,6 @@ def size_on_disk(model_dir, out: pathlib.Path, int8: bool) -> dict:
 def latency(model_dir, onnx_path, batch_sizes, seq_len: int, budget_s: float,
             torch_too: bool = False) -> dict:
     """p50/p95 ms and sequences/s of the deployed model (and of fp32 PyTorch on request)."""
-    import ml_collections  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.bench import inference  # pylint: disable=import-outside-toplevel
     sess, int8 = session_for(model_dir, onnx_path)
     params, mcfg, _ = params_ckpt.load_params(model_dir)
     if seq_len > mcfg.max_position_embeddings:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from prune_ofa_jax import pipeline, recipes
+from prune_ofa_jax import recipes
 
 # seq_len per task (SST-2 keeps the demo's 48): MRPC pairs need more, tweets fit in 64.
 SEQ_LEN = {"sst2": 48, "mrpc": 128, "tweets": 64}
@@ -45,7 +45,7 @@ def _finetune_config(p, task: str, init: str, lock: bool, steps: int):
     c.sparsity.lock_pattern = lock
     c.data.train_subset = p.train_subset
     c.optim.lr = p.finetune_lr
-    return pipeline.small_run(c, p, steps)
+    return recipes.small_run(c, p, steps)
 
 
 def _qat_config(p, task: str, init: str):
@@ -91,7 +91,7 @@ def _upstream_config(p, teacher: str, target: float):
     prune.sparsity.update_every = p.update_every
     prune.sparsity.freeze_step = int(p.prune_steps * 0.8)
     prune.optim.lr = p.prune_lr
-    return pipeline.small_run(prune, p, p.prune_steps)
+    return recipes.small_run(prune, p, p.prune_steps)
 
 
 def sweep_runs(p, demo: pathlib.Path, root: pathlib.Path, task: str, levels,

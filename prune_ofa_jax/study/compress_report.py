@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from prune_ofa_jax.study import report as study_report
+from prune_ofa_jax.study import cost
 
 PLOTS = ("reliability.png", "robustness.png", "sweep.png", "size_latency.png")
 # Ojo et al. 2023 (arXiv 2303.07292), disaster tweets; the paper's headline figures.
@@ -107,7 +107,7 @@ def headline(summary: dict) -> str:
     part of the report."""
     lines = [f"Models {', '.join(summary['models'])}; tasks {', '.join(summary['tasks'])}. "
              f"Every model evaluated as deployed (ONNX in onnxruntime; int8 for QAT models). "
-             + study_report.cost_line(summary),
+             + cost.cost_line(summary),
              "", "| task | model | metric | value (runtime) | Flax eval | acc | ECE | @20 % typos "
              "| sparsity | .pofa MB | x vs fp32 safetensors | p50 ms b1 | p50 ms b32 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -10,8 +10,7 @@ import time
 
 from prune_ofa_jax import jsonio
 from prune_ofa_jax.data import tokenization
-from prune_ofa_jax.study import compress_eval, compress_plan, compress_report, tweets
-from prune_ofa_jax.study import report as study_report
+from prune_ofa_jax.study import compress_eval, compress_plan, compress_report, cost, tweets
 from prune_ofa_jax.train import loop
 
 HEADLINE_KEY = {"sst2": "accuracy", "mrpc": "f1", "tweets": "f1"}
@@ -91,7 +90,7 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
     summary = {"results": results, "latency": lat, "sweep": sweep_rows, "sweep_task": sweep_task,
                "models": models, "tasks": tasks, "train_wall_s": round(train_s, 1),
                "wall_s": round(time.time() - t0, 1), "test": test}
-    summary.update(study_report.cost_of_runs_under(root))  # every run the study trained
+    summary.update(cost.cost_of_runs_under(root))  # every run the study trained
     (out / "results.json").write_text(jsonio.dumps(summary, indent=1))
     report = compress_report.write(summary, out)
     return {"report": str(report), "table": compress_report.table_rows(summary),

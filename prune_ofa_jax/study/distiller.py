@@ -23,15 +23,13 @@ meta-table into the package (distill/meta_table.csv).
 from __future__ import annotations
 
 import pathlib
-import sys
 import shutil
+import sys
 import time
 
-from prune_ofa_jax import jsonio
-from prune_ofa_jax.distill import autodistiller, pipelines, runs, search
-from prune_ofa_jax.study import common, distiller_report
-from prune_ofa_jax.study import report as study_report
-
+from prune_ofa_jax import jsonio, logs
+from prune_ofa_jax.kdsearch import autodistiller, candidates, random_search, runs
+from prune_ofa_jax.study import cost, distiller_report, harness
 
 
 def _say(msg: str) -> None:
@@ -43,11 +41,11 @@ def fixed_rows(p, root, prepared, metas) -> list:
     for seed in p.seeds:
         for task in p.tasks:
             for row in p.rows:
-                pipe = pipelines.FIXED[row]
+                pipe = candidates.FIXED[row]
                 name = f"{task}_{row}_s{seed}"
                 cfg = runs.student_config(p, task, pipe, seed, prepared[task])
                 rep = runs.run_once(cfg, root / name, name)
-                out.append(search.row(task, row, name, seed, pipe, rep,
+                out.append(random_search.row(task, row, name, seed, pipe, rep,
                                       prepared[task]["teacher_report"], metas[task]))
     return out
 
@@ -57,7 +55,7 @@ def searched_rows(p, root, prepared, metas) -> list:
     out = []
     for task in p.tasks:
         if p.search_budget:
-            out += search.search(p, task, p.search_budget, root / f"search_{task}", p.seeds[0],
+            out += random_search.search(p, task, p.search_budget, root / f"search_{task}", p.seeds[0],
                                  dirs=prepared[task], meta=metas[task], runs_root=root)
     return out
 
@@ -72,21 +70,20 @@ def picked_rows(p, root, prepared, metas, table) -> tuple:
              f"(predicted {pred:.3f} of the teacher)")
         for seed in p.seeds:
             same = [r for r in table if r["task"] == task and r["seed"] == seed
-                    and pipelines.key(autodistiller.pipe_of(r)) == pipelines.key(pipe)]
+                    and candidates.key(autodistiller.pipe_of(r)) == candidates.key(pipe)]
             if same:  # the pick is a pipeline this seed already ran: reuse that run
                 out.append({**same[0], "source": "autodistiller"})
                 continue
             name = f"{task}_autodistiller_s{seed}"
             cfg = runs.student_config(p, task, pipe, seed, prepared[task])
             rep = runs.run_once(cfg, root / name, name)
-            out.append(search.row(task, "autodistiller", name, seed, pipe, rep,
+            out.append(random_search.row(task, "autodistiller", name, seed, pipe, rep,
                                   prepared[task]["teacher_report"], metas[task]))
     return out, picks
 
 
 def run(p, workdir) -> dict:
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    root = common.open_workdir(p, workdir)
+    root = harness.open_workdir(p, workdir)
     t0 = time.time()
     with logs.to_file(root):
         prepared = {t: runs.prepare(p, root, t) for t in p.tasks}
@@ -97,11 +94,11 @@ def run(p, workdir) -> dict:
             loto = autodistiller.leave_one_task_out(rows)
             picked, picks = picked_rows(p, root, prepared, metas, rows)
             rows += picked
-        search.write_table(rows, root, "meta_table")
+        random_search.write_table(rows, root, "meta_table")
         summary = distiller_report.summarise(p, rows, picks, prepared, loto)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     # every run of the study: masked LM, teachers, fixed, searched and picked rows
-    summary.update(study_report.cost_of_runs_under(root))
+    summary.update(cost.cost_of_runs_under(root))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
     (root / "table.md").write_text(distiller_report.markdown(summary))
     distiller_report.plot(summary, root / "distiller.png")
@@ -115,8 +112,8 @@ def _ship_meta_table(workdir) -> None:
     _say(f"meta-table -> {autodistiller.TABLE}")
 
 
-STUDY = common.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
+STUDY = harness.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
                   run, distiller_report.markdown, "Distiller study", _ship_meta_table)
 
 if __name__ == "__main__":
-    sys.exit(common.main(STUDY))
+    sys.exit(harness.main(STUDY))

@@ -8,8 +8,8 @@ import pathlib
 
 import numpy as np
 
-from prune_ofa_jax.distill import runs
-from prune_ofa_jax.study import report as study_report
+from prune_ofa_jax.kdsearch import runs
+from prune_ofa_jax.study import cost
 
 LABELS = {"student": "student alone", "logits_kd": "logits KD",
           "hidden_mse": "+ hidden MSE", "mi_alpha": "+ MI-alpha (instead of MSE)",
@@ -60,7 +60,7 @@ def markdown(summary: dict) -> str:
               f"students: 3 layers from MiniLM-L6's {{1, 3, 5}}, "
               f"{summary['settings']['steps']} steps of {summary['settings']['batch_size']} "
               "rows (augmentation: + as many augmented rows). "
-              + study_report.cost_line(summary), ""]
+              + cost.cost_line(summary), ""]
     if not summary["picks"]:
         return "\n".join(lines) + "\n"
     lines.append("AutoDistiller (fitted on the other tasks' rows only):")

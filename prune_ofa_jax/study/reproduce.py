@@ -27,11 +27,10 @@ import time
 
 import ml_collections
 
-from prune_ofa_jax import config_base, jsonio, paths, pipeline, presets, recipes
-from prune_ofa_jax.study import common, report
+from prune_ofa_jax import config_base, jsonio, logs, paths, presets, recipes
+from prune_ofa_jax.study import cost, harness, reproduce_report
 
-ROWS = ("dense", "prune_ofa", "gmp_no_kd", "prune_ofa_fast", "task_gmp")
-UPSTREAM_OF = {"prune_ofa": "kd_all", "gmp_no_kd": "no_kd", "prune_ofa_fast": "kd_masked"}
+ROWS, UPSTREAM_OF = reproduce_report.ROWS, reproduce_report.UPSTREAM_OF
 PRESET_OF = {"kd_all": presets.REFERENCE, "no_kd": presets.REFERENCE,
              "kd_masked": presets.FAST}
 
@@ -82,7 +81,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
 
 
 def _run_p(p, *, preset: str, seed: int, seq_len: int):
-    """The fields pipeline.small_run reads, for one run."""
+    """The fields recipes.small_run reads, for one run."""
     q = ml_collections.ConfigDict(p.to_dict())  # an unlocked copy (the flag's is locked)
     q.preset, q.seed, q.seq_len = preset, seed, seq_len
     return q
@@ -106,7 +105,7 @@ def plan(p, root: pathlib.Path) -> dict:
     teacher.init.init_missing_heads = True
     teacher.data.text_files = tuple(p.text_files)
     teacher.optim.lr = p.teacher_lr
-    pipeline.small_run(teacher, _run_p(p, preset=presets.NONE, seed=p.seeds[0],
+    recipes.small_run(teacher, _run_p(p, preset=presets.NONE, seed=p.seeds[0],
                                        seq_len=p.upstream_seq_len), p.teacher_steps)
     runs["teacher"] = (teacher, root / "teacher")
     dense_model = str(root / "teacher" / "model")
@@ -118,7 +117,7 @@ def plan(p, root: pathlib.Path) -> dict:
             c.distill.kd_weight = 0.0 if variant == "no_kd" else 0.5
             c.data.text_files = tuple(p.text_files)
             c.optim.lr = p.upstream_lr
-            pipeline.small_run(c, _run_p(p, preset=preset, seed=seed,
+            recipes.small_run(c, _run_p(p, preset=preset, seed=seed,
                                          seq_len=p.upstream_seq_len), p.upstream_steps)
             _gmp(c, p.upstream_steps, p)
             runs[f"up_{variant}_s{seed}"] = (c, root / f"up_{variant}_s{seed}")
@@ -143,7 +142,7 @@ def _finetune(p, root, task, t, row, seed, dense_model):
     c.data.train_subset = t.train_subset
     c.data.eval_subset = t.eval_subset
     c.optim.lr = t.lr
-    pipeline.small_run(c, _run_p(p, preset=presets.REFERENCE, seed=seed, seq_len=t.seq_len),
+    recipes.small_run(c, _run_p(p, preset=presets.REFERENCE, seed=seed, seq_len=t.seq_len),
                        steps)
     return c, root / f"ft_{task}_{row}_s{seed}"
 
@@ -153,24 +152,23 @@ def _say(msg: str) -> None:
 
 
 def run(p, workdir) -> dict:
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    root = common.open_workdir(p, workdir)
+    root = harness.open_workdir(p, workdir)
     runs = plan(p, root)
     t0 = time.time()
     with logs.to_file(root):
-        reports = common.run_all(runs, _say, lambda r: report.headline(r["eval"]))
-    summary = report.summarise(p, reports)
+        reports = harness.run_all(runs, _say, lambda r: reproduce_report.headline(r["eval"]))
+    summary = reproduce_report.summarise(p, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary.update(report.cost(reports.values()))
+    summary.update(cost.cost(reports.values()))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(report.markdown(summary))
-    report.plot(summary, root / "reproduce.png")
-    print(report.markdown(summary), flush=True)
+    (root / "table.md").write_text(reproduce_report.markdown(summary))
+    reproduce_report.plot(summary, root / "reproduce.png")
+    print(reproduce_report.markdown(summary), flush=True)
     return summary
 
 
-STUDY = common.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
-                  report.markdown, "retention per task")
+STUDY = harness.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
+                  reproduce_report.markdown, "retention per task")
 
 if __name__ == "__main__":
-    sys.exit(common.main(STUDY))
+    sys.exit(harness.main(STUDY))

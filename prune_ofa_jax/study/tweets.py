@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from prune_ofa_jax import paths
-from prune_ofa_jax.data import common, tokenization, tweets
+from prune_ofa_jax.data import common, disaster_tweets, tokenization
 from prune_ofa_jax.runtime import ort
 from prune_ofa_jax.study import compress_eval
 
@@ -35,7 +35,7 @@ def write_predictions(model_dir, out, seq_len: int = 64, data_root: str = "",
                       tokenizer=None) -> dict:
     """Predicts test.csv and writes the submission; returns {"rows", "positive_rate"}."""
     root = pathlib.Path(data_root) if data_root else paths.data_root()
-    examples = tweets.load(root / TEST_CSV, require_labels=False)
+    examples = disaster_tweets.load(root / TEST_CSV, require_labels=False)
     ids = test_ids(root / TEST_CSV)
     if len(ids) != len(examples):
         raise common.DataError(f"{root / TEST_CSV}: {len(ids)} ids for {len(examples)} rows")

@@ -13,12 +13,10 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from etils import epath
 
 from prune_ofa_jax import presets
-from prune_ofa_jax.convert import hf as hf_convert
-from prune_ofa_jax.convert import params_ckpt
-from prune_ofa_jax.distill import objective as distill_objective
+from prune_ofa_jax.convert import loader
+from prune_ofa_jax.distill import layer_kd
 from prune_ofa_jax.distill import spec as distill_spec
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config_lib
@@ -27,6 +25,7 @@ from prune_ofa_jax.quant import qat as qat_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity import methods
 from prune_ofa_jax.train import aux as aux_lib
+from prune_ofa_jax.train import evaluate as evaluate_lib
 from prune_ofa_jax.train import optim, steps
 from prune_ofa_jax.train.state import TrainState
 
@@ -52,20 +51,11 @@ class Run:
     step_fn: Callable        # jitted (state, teacher_params, batch) -> (state, metrics)
     eval_fn: Callable        # jitted (params, masks, quant_stats, batch) -> outputs
     fresh_leaves: list
+    saved_task: str = ""     # the task recorded with the final params ("": config.task)
 
-
-def load_params(path: str, task: str, num_labels: int, init_missing_heads: bool):
-    """(params, ModelConfig, source_task) from an HF dir or one of our params checkpoints."""
-    p = epath.Path(path)  # local or gs://
-    if (p / "model.json").exists():
-        params, mcfg, src_task = params_ckpt.load_params(p)
-        return params, mcfg, src_task
-    if (p / "config.json").exists():
-        params, mcfg = hf_convert.import_hf(p, task, num_labels=num_labels,
-                                            init_missing_heads=init_missing_heads)
-        return params, mcfg, task
-    raise FileNotFoundError(f"{path}: neither a params checkpoint (model.json) nor a Hugging "
-                            "Face model dir (config.json)")
+    def evaluate(self, state, data) -> dict:
+        """The task's metrics on held-out data (train/evaluate.py)."""
+        return evaluate_lib.evaluate(self, state, data)
 
 
 def graft(fresh, loaded, source: str = "checkpoint"):
@@ -135,14 +125,6 @@ def make_masks(config, params):
     return jax.tree.map(lambda _: None, params)
 
 
-def make_schedule(config):
-    """(schedule, method) of a pruning run, (None, None) otherwise."""
-    if not config.sparsity.enabled:
-        return None, None
-    method = make_method(config)
-    return method.schedule, method
-
-
 def make_method(config):
     """The run's pruning method (sparsity/methods): magnitude, movement, adaprune, ..."""
     return methods.from_config(config, regrow=bool(config.sparsity.regrow))
@@ -161,7 +143,11 @@ def aux_parts(config, params, param_shardings, lr_fn, method=None) -> dict:
         parts[methods.AUX_KEY] = aux_lib.Part(
             value=scores, tx=method.score_tx(lambda step: lr_fn(step) / config.optim.lr),
             shardings=masks_lib.mask_like(param_shardings, masks))
-    parts.update(distill_objective.aux_part(config, params, lr_fn))  # MI critics, projections
+    critics = layer_kd.init_aux(config, params)  # MI critics, width projections
+    if critics:
+        scale = float(config.distill.critic_lr_scale)
+        parts[layer_kd.AUX_NAME] = aux_lib.Part(
+            value=critics, tx=optim.make_optimizer(config.optim, lambda s: scale * lr_fn(s)))
     return parts
 
 
@@ -173,7 +159,7 @@ def step_config(config, mesh=None) -> steps.StepConfig:
         task_weight=kd.task_weight if kd.kd_weight > 0 else 1.0, kd_weight=kd.kd_weight,
         temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
         fused_chunk=kd.fused_chunk, batch_shards=shards,
-        regrow=config.sparsity.regrow, qat=config.quant.enabled,
+        qat=config.quant.enabled,
         distill=distill_spec.Spec.from_config(config))
 
 
@@ -188,7 +174,7 @@ def build(config, mesh=None) -> Run:
                   for k, v in config.mesh.rules)
     loaded, loaded_cfg, fresh = None, None, []
     if config.init.path:
-        loaded, loaded_cfg, _ = load_params(config.init.path, config.task, config.num_labels,
+        loaded, loaded_cfg, _ = loader.load(config.init.path, config.task, config.num_labels,
                                             config.init.init_missing_heads)
     mcfg = _model_config(config, loaded_cfg)
     injector, emb_q = _quant_hooks(config)
@@ -235,8 +221,7 @@ def build(config, mesh=None) -> Run:
     if config.distill.kd_weight > 0:
         teacher, teacher_params = _teacher(config, mcfg, mesh, rules)
 
-    step_impl = steps.pretrain_step if sp.enabled else steps.finetune_step
-    step_fn = functools.partial(step_impl, model=model, teacher=teacher, tx=tx, cfg=step_cfg,
+    step_fn = functools.partial(steps.train_step, model=model, teacher=teacher, tx=tx, cfg=step_cfg,
                                 lr_fn=lr_fn, method=method, aux_tx=aux_tx)
     batch_shard = mesh_lib.batch_sharding(mesh)
     t_shard = None if teacher_params is None else jax.tree.map(lambda x: x.sharding,
@@ -247,7 +232,8 @@ def build(config, mesh=None) -> Run:
     return Run(config=config, mesh=mesh, model_config=mcfg, model=model, teacher=teacher,
                teacher_params=teacher_params, step_cfg=step_cfg, tx=tx, lr_fn=lr_fn,
                schedule=schedule, state=state, state_shardings=state_shardings,
-               method=method, step_fn=jitted, eval_fn=eval_fn, fresh_leaves=fresh)
+               method=method, step_fn=jitted, eval_fn=eval_fn, fresh_leaves=fresh,
+               saved_task=config.task)
 
 
 def _teacher(config, student_cfg, mesh, rules):
@@ -255,7 +241,7 @@ def _teacher(config, student_cfg, mesh, rules):
     if not config.teacher.path:
         raise ValueError("config.teacher.path: distillation (distill.kd_weight > 0) needs a "
                          "teacher (an HF dir or a params checkpoint)")
-    loaded, tcfg, _ = load_params(config.teacher.path, config.task, config.num_labels, False)
+    loaded, tcfg, _ = loader.load(config.teacher.path, config.task, config.num_labels)
     tcfg = dataclasses.replace(tcfg, num_labels=config.num_labels, dtype=student_cfg.dtype)
     teacher = bert.BertFamily(tcfg, config.task)
     fresh = bert.init_params(teacher, jax.random.key(0))

@@ -14,9 +14,9 @@ import numpy as np
 from etils import epath
 
 from prune_ofa_jax import paths
-from prune_ofa_jax.data import classification, common, glue, pretraining, squad, squad_features, text
-from prune_ofa_jax.data import stream, tokenization, tweets
-from prune_ofa_jax.distill import augmented
+from prune_ofa_jax.data import (classification, common, disaster_tweets, glue, pretraining, squad,
+                                squad_features, stream, text, tokenization)
+from prune_ofa_jax.distill import augment_batches
 from prune_ofa_jax.eval import glue_metrics, squad_metrics
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _glue_examples(c, split: str):
 
 def _classification(c, tok) -> Sources:
     if c.data.kind == "tweets":
-        train_ex, dev_ex = tweets.train_dev_split(tweets.load(_root(c) / TWEETS), 0.1, c.seed)
+        train_ex, dev_ex = disaster_tweets.train_dev_split(disaster_tweets.load(_root(c) / TWEETS), 0.1, c.seed)
 
         def metrics(out):
             pred = out["logits"].argmax(-1)
@@ -122,7 +122,7 @@ def _classification(c, tok) -> Sources:
     train = classification.ClassificationDataset(train_ex, tok, batch_size=c.train.batch_size,
                                                  **kw)
     return Sources(
-        train=augmented.wrap(c, train, tok),  # config.augment: + augmented rows
+        train=augment_batches.wrap(c, train, tok),  # config.augment: + augmented rows
         eval=classification.ClassificationDataset(dev_ex, tok,
                                                   batch_size=c.train.eval_batch_size, **kw),
         metrics=metrics)

@@ -36,7 +36,6 @@ from prune_ofa_jax.convert import params_ckpt, qat_ranges
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build as build_lib
-from prune_ofa_jax.train import evaluate as evaluate_lib
 from prune_ofa_jax.train import feed as feed_lib
 from prune_ofa_jax.train import inputs as inputs_lib
 from prune_ofa_jax.train import validate as validate_lib
@@ -94,9 +93,8 @@ def _signature(run) -> dict:
     sig = {"model": run.model_config.to_dict(), "task": cfg.task, "num_labels": cfg.num_labels,
            "sparsity_enabled": cfg.sparsity.enabled, "qat": cfg.quant.enabled,
            "grad_accum": cfg.train.grad_accum, "batch_size": cfg.train.batch_size}
-    method = getattr(run, "method", None)  # a build_fn's Run (NAS) may have none
-    if method is not None and method.name not in ("fixed", "magnitude"):  # scores in state
-        sig["sparsity_method"] = method.name   # (absent before: old checkpoints resume)
+    if run.method.name not in ("fixed", "magnitude"):  # scores in the state
+        sig["sparsity_method"] = run.method.name
     return sig
 
 
@@ -130,15 +128,15 @@ def _describe(run_, workdir) -> None:
     if run_.teacher is not None:
         log.info("teacher (frozen): %s; KD weight %g, T=%g", c.teacher.path,
                  c.distill.kd_weight, c.distill.temperature)
-    method = getattr(run_, "method", None)  # a build_fn's Run (NAS) may have none
-    if c.sparsity.enabled and method is not None:
+    method = run_.method
+    if c.sparsity.enabled:
         log.info("pruning: %s (%s, %s) to %.0f%%; schedule over steps %d-%d, masks every %d, "
                  "frozen at %d", method.name, method.distribution, c.sparsity.pattern,
                  100 * c.sparsity.target, c.sparsity.begin_step, c.sparsity.end_step,
                  c.sparsity.update_every, c.sparsity.freeze_step)
     elif c.sparsity.lock_pattern:
         log.info("sparsity pattern of the init weights locked")
-    if method is not None and method.frozen_weights:
+    if method.frozen_weights:
         log.info("weights frozen (bit-identical): everything under backbone/; heads train")
     log.info("run: %d steps, batch %d x %d tokens, mesh %s (%d devices), %s", c.train.steps,
              c.train.batch_size, c.data.seq_len, dict(run_.mesh.shape), run_.mesh.size,
@@ -161,8 +159,10 @@ def run(config, workdir, build_fn=None) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json).
 
     build_fn: config -> Run (default `train.build.build`). A capability with a step of its
-    own (the NAS supernet, nas/supernet.py) passes its builder; its Run may define
-    `evaluate(state, data) -> metrics` and `saved_task` (the task recorded with the model)."""
+    own (the NAS supernet, nas/supernet.py) passes its builder. What the loop reads of a Run:
+    config, mesh, model_config, state, step_fn, teacher, teacher_params, method (for the
+    checkpoint signature and the console), evaluate(state, data) -> metrics and saved_task
+    (the task recorded with the final params)."""
     mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
     config = presets.resolve(config)
     validate_lib.validate(config)
@@ -178,12 +178,6 @@ def run(config, workdir, build_fn=None) -> dict:
                 for f in ("log.txt", "metrics.jsonl"):
                     if (logdir / f).exists():
                         epath.Path(logdir / f).copy(workdir / f, overwrite=True)
-
-
-def _evaluate(run_, state, data) -> dict:
-    if hasattr(run_, "evaluate"):
-        return run_.evaluate(state, data)
-    return evaluate_lib.evaluate(run_, state, data)
 
 
 def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dict:
@@ -222,7 +216,7 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dic
             if evaluate_now or save_now:
                 checks.flush()  # this state's own metrics, before it is used
             if evaluate_now:
-                _log_eval(writer, done, _evaluate(run_, state, data))
+                _log_eval(writer, done, run_.evaluate(state, data))
             if save_now:  # the iterator has served exactly the batches trained so far
                 ckpt_lib.save(manager, done, state, meta, data=feed.iterator)
                 log.info("checkpoint: step %d -> %s", done, ckpt_dir)
@@ -238,7 +232,7 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dic
         feed.close()
         if bar is not None:
             bar.close()
-    final_eval = _evaluate(run_, state, data)
+    final_eval = run_.evaluate(state, data)
     _log_eval(writer, int(state.step), final_eval)
     writer.close()
     return _finish(run_, state, workdir, final_eval, time.time() - t_start,
@@ -309,7 +303,7 @@ def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
 def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
-    task = getattr(run_, "saved_task", run_.config.task)
+    task = run_.saved_task
     params_ckpt.save_params(workdir / "model", params, run_.model_config, task, overwrite=True)
     if run_.config.quant.enabled:  # the int8 export's ranges (gathered on every process)
         quant_stats = mesh_lib.to_host(state.quant_stats)

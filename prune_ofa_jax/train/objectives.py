@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from prune_ofa_jax.distill import fused_mlm, losses
-from prune_ofa_jax.distill import objective as inter_objective
+from prune_ofa_jax.distill import fused_mlm, layer_kd, losses
 
 MLM_TASKS = ("pretraining", "mlm")
 
@@ -56,8 +55,8 @@ def loss(cfg, out: dict, t_out, batch: dict, aux=None):
     total, terms = _logits_loss(cfg, out, t_out, batch)
     spec = cfg.distill
     if t_out is not None and spec is not None and (spec.hidden or spec.attentions):
-        extra, extra_terms = inter_objective.loss(
-            spec, (aux or {}).get(inter_objective.AUX_NAME), out, t_out,
+        extra, extra_terms = layer_kd.loss(
+            spec, (aux or {}).get(layer_kd.AUX_NAME), out, t_out,
             batch["attention_mask"])
         total, terms = total + extra, {**terms, **extra_terms}
     return total, terms

@@ -17,7 +17,6 @@ shardings (train/loop.py). One Prune OFA step:
   6. metrics: each loss term, global sparsity, learning rate, grad norm.
 Trainable extras beside the model (`state.aux`: learned-mask scores, MI critics; train/aux.py)
 are differentiated in the same loss and updated by their own `aux_tx`.
-`pretrain_step` and `finetune_step` are this step (kept as names for their call sites).
 """
 
 from __future__ import annotations
@@ -46,8 +45,6 @@ class StepConfig:
     mlm_positions_only: bool = True  # vocab projection only at masked positions
     fused_chunk: int = 32           # all-token MLM KD: positions per chunk (0 = unfused)
     batch_shards: int = 1           # devices the batch is split over (the mesh's data x fsdp)
-    regrow: bool = False             # magnitude: dense latent weights (build passes it to
-    #                                  the method; False: hard-zero after every update)
     qat: bool = False                # carry/update the "quant_stats" collection
     distill: Any = None              # distill.spec.Spec: logit-KD kind, intermediate terms
 
@@ -131,17 +128,6 @@ def _global_sparsity(masks) -> jax.Array:
         return jnp.zeros((), jnp.float32)
     pruned = sum(m.size - jnp.sum(m, dtype=jnp.int32) for m in leaves)  # exact counts
     return pruned / jnp.float32(sum(m.size for m in leaves))
-
-
-def pretrain_step(state, teacher_params, batch, **kw):
-    """Prune OFA upstream: MLM (+NSP) + KD from the frozen dense teacher + a pruning method."""
-    return train_step(state, teacher_params, batch, **kw)
-
-
-def finetune_step(state, teacher_params, batch, **kw):
-    """Downstream: pattern locked (a method without schedule) or learned masks, optional
-    task-teacher KD."""
-    return train_step(state, teacher_params, batch, **kw)
 
 
 def eval_step(params, masks, quant_stats, batch, *, model, cfg: StepConfig):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from prune_ofa_jax.distill import augmented
+from prune_ofa_jax import errors, presets
+from prune_ofa_jax.distill import augment_batches
 from prune_ofa_jax.distill import spec as distill_spec
 from prune_ofa_jax.sparsity import methods, patterns
 
@@ -12,18 +13,9 @@ TASKS = ("pretraining", "mlm", "cls", "qa")
 DATA_KINDS = ("text", "glue", "squad", "tweets")
 
 
-class ConfigError(ValueError):
-    """An invalid config value; the message starts with the key."""
-
-
 def _check(cond: bool, key: str, msg: str):
     if not cond:
-        raise ConfigError(f"config.{key}: {msg}")
-
-
-def check_warmup(c) -> None:
-    _check(0 <= c.optim.warmup_steps < c.train.steps, "optim.warmup_steps",
-           f"{c.optim.warmup_steps} must be in [0, train.steps={c.train.steps})")
+        raise errors.ConfigError(f"config.{key}: {msg}")
 
 
 def _check_method(c) -> None:
@@ -74,7 +66,7 @@ def validate(c) -> None:
     _check(c.train.log_every > 0, "train.log_every", "must be > 0")
     _check(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
     if c.train.epochs == 0:  # with epochs, presets.resolve_steps checks once steps are known
-        check_warmup(c)
+        presets.check_warmup(c)
     _check(0 <= c.optim.warmup_fraction < 1, "optim.warmup_fraction",
            f"{c.optim.warmup_fraction} must be in [0, 1)")
     _check(c.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -100,7 +92,7 @@ def validate(c) -> None:
     _check(c.task != "pretraining" or c.data.nsp, "data.nsp",
            "task 'pretraining' (MLM+NSP) needs data.nsp=True; use task 'mlm' without NSP")
     distill_spec.check(c)
-    augmented.check(c)
+    augment_batches.check(c)
     sp = c.sparsity
     _check(not (sp.enabled and sp.lock_pattern), "sparsity.lock_pattern",
            "a pruning run (sparsity.enabled) cannot also lock the pattern")
@@ -111,14 +103,14 @@ def validate(c) -> None:
         try:
             patterns.parse(sp.pattern)
         except ValueError as e:
-            raise ConfigError(f"config.sparsity.pattern: {e}") from e
+            raise errors.ConfigError(f"config.sparsity.pattern: {e}") from e
     _check_method(c)
     for key in ("include", "exclude"):
         for rx in getattr(sp, key):
             try:
                 re.compile(rx)
             except re.error as e:
-                raise ConfigError(f"config.sparsity.{key}: bad regex {rx!r}: {e}") from e
+                raise errors.ConfigError(f"config.sparsity.{key}: bad regex {rx!r}: {e}") from e
     for axis in ("data", "fsdp", "tensor"):
         v = getattr(c.mesh, axis)
         _check(v == -1 or v >= 1, f"mesh.{axis}", f"must be -1 or >= 1, got {v}")

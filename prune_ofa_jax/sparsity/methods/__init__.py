@@ -16,8 +16,8 @@ from __future__ import annotations
 import warnings
 
 from prune_ofa_jax.sparsity import patterns, schedules
-from prune_ofa_jax.sparsity.methods import adaprune, base, magnitude, movement_hard
-from prune_ofa_jax.sparsity.methods import movement_soft, supermask
+from prune_ofa_jax.sparsity.methods import (adaprune, base, magnitude, movement_hard, movement_soft,
+                                            supermask)
 
 METHODS = {"magnitude": magnitude.Magnitude, "movement_hard": movement_hard.MovementHard,
            "movement_soft": movement_soft.MovementSoft, "adaprune": adaprune.AdaPrune,

@@ -119,11 +119,6 @@ def _where_frozen(frozen: bool, tree, fn):
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(x) if _is_frozen(p) else x, tree)
 
 
-def frozen_paths(params) -> list[str]:
-    """The param paths a frozen-weights method keeps fixed (for reports and tests)."""
-    return [p for p, _ in masks_lib.named_leaves(params) if re.search(FROZEN, p)]
-
-
 # --- helpers the score-learning methods share -------------------------------------------
 def scores_of(aux) -> Any:
     return aux[AUX_KEY]

@@ -11,8 +11,7 @@ import pathlib
 import numpy as np
 
 from prune_ofa_jax import paths
-from prune_ofa_jax.data import classification
-from prune_ofa_jax.data import common
+from prune_ofa_jax.data import classification, common
 
 COLUMNS = ("id", "keyword", "location", "text", "target")
 NUM_LABELS = 2

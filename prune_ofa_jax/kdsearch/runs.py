@@ -16,8 +16,10 @@ import pathlib
 
 import ml_collections
 
-from prune_ofa_jax import config_base, paths, pipeline, recipes
-from prune_ofa_jax.distill import pipelines, student
+from prune_ofa_jax import config_base, paths, recipes
+from prune_ofa_jax.distill import student
+from prune_ofa_jax.kdsearch import candidates
+from prune_ofa_jax.train import loop
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def settings(size: str = "") -> ml_collections.ConfigDict:
 def _small(c, p, *, seed: int, seq_len: int, batch: int, steps: int):
     q = ml_collections.ConfigDict(p.to_dict())  # an unlocked copy (the CLI flag's is locked)
     q.seed, q.seq_len, q.batch_size = seed, seq_len, batch
-    return pipeline.small_run(c, q, steps)
+    return recipes.small_run(c, q, steps)
 
 
 def base_model(p) -> str:
@@ -121,7 +123,7 @@ def student_config(p, task: str, pipe: dict, seed: int, dirs: dict):
     c.optim.lr = p.lr
     c.distill.critic_lr_scale = p.critic_lr_scale
     _small(c, p, seed=seed, seq_len=p.tasks[task].seq_len, batch=p.batch_size, steps=p.steps)
-    pipelines.apply(c, pipe, str(dirs.get("mlm", "")))
+    candidates.apply(c, pipe, str(dirs.get("mlm", "")))
     if c.augment.kinds:  # augment only the rows one pass of the run draws (the MLM is slow)
         c.augment.pool_rows = p.steps * c.train.batch_size // 2
     return c
@@ -133,7 +135,6 @@ def make_student(p, root: pathlib.Path) -> pathlib.Path:
 
 def run_once(cfg, wd: pathlib.Path, label: str) -> dict:
     """loop.run unless `wd` holds a finished run; one console line either way."""
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     done = wd / "report.json"
     if done.exists():
         report = json.loads(done.read_text())

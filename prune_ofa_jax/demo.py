@@ -15,6 +15,7 @@ import pathlib
 import time
 
 from prune_ofa_jax import config_base, jsonio, logs, paths, recipes
+from prune_ofa_jax.convert import hf_check, params_ckpt
 from prune_ofa_jax.eval import compression
 from prune_ofa_jax.train import loop
 
@@ -23,29 +24,6 @@ log = logging.getLogger(__name__)
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
-
-
-def small_run(c, p, steps: int):
-    """The settings every small-scale stage shares (the demo's and the studies'): p's
-    preset, seed, data, tokenizer, sequence length and batch; 10 % warmup; two checkpoints."""
-    c.preset = p.preset  # "": config_base's defaults, not the paper's (see configs/demo.py)
-    c.seed = p.seed
-    c.data.root = p.data_root
-    c.data.seq_len = p.seq_len
-    c.data.max_predictions = max(1, round(0.15 * p.seq_len))
-    c.data.tokenizer = p.tokenizer
-    c.train.steps = steps
-    c.train.epochs = 0
-    c.train.batch_size = p.batch_size
-    c.train.log_every = max(1, min(10, steps))
-    c.train.eval_batch_size = p.eval_batch_size
-    c.train.progress = p.progress
-    c.optim.warmup_steps = max(0, steps // 10)
-    c.optim.warmup_fraction = 0.0
-    c.checkpoint.every = max(1, steps // 2)
-    c.checkpoint.keep = 1
-    c.mesh.data = -1
-    return c
 
 
 def stage_configs(p, root: pathlib.Path) -> dict:
@@ -58,7 +36,7 @@ def stage_configs(p, root: pathlib.Path) -> dict:
     teacher.init.init_missing_heads = True
     teacher.data.text_files = tuple(p.text_files)
     teacher.optim.lr = p.teacher_lr
-    small_run(teacher, p, p.teacher_steps)
+    recipes.small_run(teacher, p, p.teacher_steps)
 
     prune = recipes.upstream("bert-base-uncased", p.target)
     prune.init.path = prune.teacher.path = str(d["1_teacher"] / "model")
@@ -67,7 +45,7 @@ def stage_configs(p, root: pathlib.Path) -> dict:
     prune.sparsity.update_every = p.update_every
     prune.sparsity.freeze_step = int(p.prune_steps * 0.8)
     prune.optim.lr = p.prune_lr
-    small_run(prune, p, p.prune_steps)
+    recipes.small_run(prune, p, p.prune_steps)
 
     def finetune(init: str, lock: bool):
         c = recipes.finetune("glue", p.glue_task)
@@ -75,14 +53,14 @@ def stage_configs(p, root: pathlib.Path) -> dict:
         c.sparsity.lock_pattern = lock
         c.data.train_subset = p.train_subset
         c.optim.lr = p.finetune_lr
-        return small_run(c, p, p.finetune_steps)
+        return recipes.small_run(c, p, p.finetune_steps)
 
     qat = recipes.qat("glue", p.glue_task)
     qat.init.path = str(d["3_finetune_sparse"] / "model")
     qat.data.train_subset = p.train_subset
     qat.optim.lr = p.qat_lr
     qat.quant.ema_decay = p.qat_ema_decay
-    small_run(qat, p, p.qat_steps)
+    recipes.small_run(qat, p, p.qat_steps)
     return {"1_teacher": (teacher, d["1_teacher"]), "2_prune": (prune, d["2_prune"]),
             "3_finetune_sparse": (finetune(str(d["2_prune"] / "model"), True),
                                   d["3_finetune_sparse"]),
@@ -113,10 +91,9 @@ def _run(config, root: pathlib.Path) -> dict:
         reports[name] = loop.run(cfg, wd)
         _say(f"stage {name} done in {reports[name]['wall_time_s']:.0f}s: "
              f"{jsonio.dumps(reports[name]['eval'])}")
-    from prune_ofa_jax import export_check  # pylint: disable=import-outside-toplevel
     _say(f"stage {len(stages) + 1}/{len(stages) + 1} export to Hugging Face PyTorch, reload "
          "with transformers, compare logits")
-    exports = export_check.export_and_check(stages, root / "5_export", p)
+    exports = hf_check.export_and_check(stages, root / "5_export", p)
     summary = table(stages, reports, exports, config.sparsity.include)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
@@ -126,7 +103,6 @@ def _run(config, root: pathlib.Path) -> dict:
 
 def table(stages, reports, exports, prunable) -> dict:
     """Dense vs sparse vs sparse+int8: accuracy, sparsity, params, compressed size."""
-    from prune_ofa_jax.convert import params_ckpt  # pylint: disable=import-outside-toplevel
     rows = []
     for label, name, int8 in (("dense (teacher fine-tuned)", "3_finetune_dense", False),
                               ("sparse (Prune OFA)", "3_finetune_sparse", False),

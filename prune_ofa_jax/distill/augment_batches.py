@@ -16,8 +16,11 @@ import time
 
 import numpy as np
 
+from prune_ofa_jax import errors
+from prune_ofa_jax.convert import loader
 from prune_ofa_jax.data import common
-from prune_ofa_jax.distill import augment
+from prune_ofa_jax.distill import augment_ops
+from prune_ofa_jax.models import bert
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,16 @@ COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _fail(key: str, msg: str):
-    from prune_ofa_jax.train import validate  # pylint: disable=import-outside-toplevel
-    raise validate.ConfigError(f"config.{key}: {msg}")
+    raise errors.ConfigError(f"config.{key}: {msg}")
 
 
 def check(c) -> None:
     a = c.augment
     if not a.kinds:
         return
-    bad = [k for k in a.kinds if k not in augment.KINDS]
+    bad = [k for k in a.kinds if k not in augment_ops.KINDS]
     if bad:
-        _fail("augment.kinds", f"{bad} not in {augment.KINDS}")
+        _fail("augment.kinds", f"{bad} not in {augment_ops.KINDS}")
     if c.data.kind not in ("glue", "tweets") or c.task != "cls":
         _fail("augment.kinds", "augmentation is for sentence classification (task cls, "
               "data.kind glue or tweets)")
@@ -55,9 +57,7 @@ def check(c) -> None:
 
 
 def _load_mlm(path: str):
-    from prune_ofa_jax.models import bert  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import build  # pylint: disable=import-outside-toplevel
-    params, mcfg, task = build.load_params(path, "mlm", 2, False)
+    params, mcfg, task = loader.load(path, "mlm")
     if task not in ("mlm", "pretraining"):
         raise ValueError(f"config.augment.mlm_path={path}: a {task!r} checkpoint has no "
                          "masked-LM head; use a teacher-preparation (pretraining/mlm) model")
@@ -68,8 +68,8 @@ def build_pool(arrays: dict, tok, a, seed: int) -> dict:
     """The offline pool: `a.copies` augmented copies of each row (or of a seeded subset of
     `a.pool_rows` rows), one offline kind per copy and row drawn with the seed, plus
     `source` (the original row index)."""
-    vocab = augment.Vocab.from_tokenizer(tok)
-    kinds = [k for k in a.kinds if k in augment.OFFLINE]
+    vocab = augment_ops.Vocab.from_tokenizer(tok)
+    kinds = [k for k in a.kinds if k in augment_ops.OFFLINE]
     n_all = len(arrays["input_ids"])
     parts, sources = [], []
     mlm = _load_mlm(a.mlm_path) if "contextual" in kinds else None
@@ -88,10 +88,10 @@ def build_pool(arrays: dict, tok, a, seed: int) -> dict:
             sub = {k: out[k][rows] for k in COLUMNS}
             s = seed * 1009 + copy * 31 + i
             if kind == "contextual":
-                res = augment.contextual_rows(sub, mlm[0], mlm[1], a.rate, s, vocab,
+                res = augment_ops.contextual_rows(sub, mlm[0], mlm[1], a.rate, s, vocab,
                                               a.mlm_top_k)
             else:
-                res = augment.edit_rows(sub, kind, a.rate, s, vocab)
+                res = augment_ops.edit_rows(sub, kind, a.rate, s, vocab)
             for k in COLUMNS:
                 out[k][rows] = res[k]
         parts.append(out)
@@ -116,7 +116,7 @@ class AugmentedDataset:
         self.local_batch_size = base.local_batch_size
         self.global_batch_size = b
         self.pool = None
-        if any(k in augment.OFFLINE for k in a.kinds):
+        if any(k in augment_ops.OFFLINE for k in a.kinds):
             t0 = time.time()
             self.pool = build_pool(base.arrays, tok, a, seed)
             log.info("augmentation: %d offline rows (%s) in %.0f s", len(self.pool["source"]),
@@ -149,7 +149,7 @@ class AugmentedDataset:
         batch["label_weights"] = np.concatenate([np.ones(self.n_orig, np.float32), aug_w])
         if "mixup" in self.a.kinds:
             rows = np.arange(self.global_batch_size) >= self.n_orig
-            batch = augment.mixup_rows(batch, rows, np.random.default_rng([self.seed, 23, step]),
+            batch = augment_ops.mixup_rows(batch, rows, np.random.default_rng([self.seed, 23, step]),
                                        self.a.mixup_alpha)
         return batch
 

@@ -2,7 +2,7 @@
 intermediate objective, layer map, features, augmentation, weights), each a short student
 run; every run goes to a results table and the best one to best_config.json.
 
-  python -m prune_ofa_jax.distill.search --task mrpc --budget N [--workdir DIR] [--seed 0]
+  python -m prune_ofa_jax.kdsearch.random_search --task mrpc --budget N [--workdir DIR] [--seed 0]
       [--size test]
 
 Before the first pipeline it prepares (or reuses, in DIR) the task teacher (MiniLM-L6
@@ -15,6 +15,7 @@ command skips finished runs, resumes an interrupted one, and a larger N adds run
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -24,8 +25,8 @@ import zlib
 
 import numpy as np
 
-from prune_ofa_jax import jsonio
-from prune_ofa_jax.distill import autodistiller, pipelines, runs
+from prune_ofa_jax import config_base, jsonio, logs
+from prune_ofa_jax.kdsearch import autodistiller, candidates, runs
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ def draw(budget: int, seed: int, task: str = "") -> list:
     for _ in range(100 * budget):
         if len(out) == budget:
             break
-        pipe = pipelines.sample(rng)
-        if pipelines.key(pipe) not in seen:
-            seen.add(pipelines.key(pipe))
+        pipe = candidates.sample(rng)
+        if candidates.key(pipe) not in seen:
+            seen.add(candidates.key(pipe))
             out.append(pipe)
     return out
 
@@ -50,7 +51,7 @@ def row(task: str, source: str, name: str, seed: int, pipe: dict, report: dict,
     """One results-table row (also the meta-table's)."""
     s, t = runs.score(task, report), runs.score(task, teacher_report)
     return {"task": task, "source": source, "run": name, "seed": seed,
-            **{f"pipe.{k}": v for k, v in pipelines.canonical(pipe).items()},
+            **{f"pipe.{k}": v for k, v in candidates.canonical(pipe).items()},
             "score": s, "teacher_score": t, "ratio": s / t if t else float("nan"),
             "accuracy": report["eval"].get("accuracy"), "wall_s": report["wall_time_s"],
             **{f"meta.{k}": v for k, v in meta.items()}}
@@ -67,9 +68,9 @@ def write_table(rows: list, directory: pathlib.Path, name: str = "results") -> N
 
 
 def overrides(pipe: dict) -> list:
-    """The --config flags that set `pipe` on a fine-tuning run (see pipelines.apply)."""
+    """The --config flags that set `pipe` on a fine-tuning run (see candidates.apply)."""
     c = _probe()
-    pipelines.apply(c, pipe, "MLM_DIR")
+    candidates.apply(c, pipe, "MLM_DIR")
     keys = ("distill.kd_weight", "distill.task_weight", "distill.temperature",
             "distill.logit_loss", "distill.intermediate", "distill.intermediate_weight",
             "distill.mi_alpha", "distill.layer_map", "distill.attention_weight",
@@ -82,7 +83,6 @@ def overrides(pipe: dict) -> list:
 
 
 def _probe():
-    from prune_ofa_jax import config_base  # pylint: disable=import-outside-toplevel
     return config_base.base()
 
 
@@ -114,8 +114,6 @@ def search(p, task: str, budget: int, root: pathlib.Path, seed: int = 0, dirs=No
 
 
 def main(argv=None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", required=True, help="sst2 | mrpc | tweets")
     ap.add_argument("--budget", type=int, required=True, help="number of pipelines to run")
@@ -137,7 +135,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import os
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+        main()

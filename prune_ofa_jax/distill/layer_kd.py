@@ -1,6 +1,7 @@
-"""The intermediate-representation objective of a step (Distiller's axis 1): hidden states
-of mapped student/teacher layer pairs compared by a distance (MSE, cosine, PKD) or by a
-mutual-information bound with a learned critic, plus optional attention-map KL.
+"""Layer-wise distillation, the intermediate-representation objective of a step (Distiller's
+axis 1): hidden states of mapped student/teacher layer pairs compared by a distance (MSE,
+cosine, PKD) or by a mutual-information bound with a learned critic, plus optional
+attention-map KL.
 
 Layer pairs come from `spec.layer_map`: skip / last (one-to-one, distill/intermediate.py) or
 emd (every pair, weighted by the earth mover's plan, distill/emd.py). The map is computed at
@@ -15,11 +16,10 @@ layer for the distances when the widths differ) form the aux part "distill"
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 
+from prune_ofa_jax.convert import loader
 from prune_ofa_jax.distill import emd, intermediate, mi
 from prune_ofa_jax.distill import spec as spec_lib
 
@@ -111,28 +111,16 @@ def student_dims(params) -> tuple:
 
 
 def teacher_dims(path: str) -> tuple:
-    """(num_layers, hidden_size) of the checkpoint at `path` (params ckpt or HF dir)."""
-    from prune_ofa_jax.convert import params_ckpt  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.models import config as model_config  # pylint: disable=import-outside-toplevel
-    p = pathlib.Path(path)
-    if (p / params_ckpt.MODEL_JSON).exists():
-        mcfg, _ = params_ckpt.load_model_json(p)
-    else:
-        mcfg = model_config.ModelConfig.from_pretrained_dir(p)
+    """(num_layers, hidden_size) of the model at `path` (any format convert.loader reads)."""
+    mcfg = loader.model_config(path)
     return mcfg.num_layers, mcfg.hidden_size
 
 
-def aux_part(config, params, lr_fn) -> dict:
-    """{"distill": aux.Part} when the run's objective trains critics or projections."""
-    from prune_ofa_jax.train import aux as aux_lib  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import optim  # pylint: disable=import-outside-toplevel
+def init_aux(config, params) -> dict:
+    """The initial value of the run's trainable extras (critics, width projections; the aux
+    part AUX_NAME, which train/build.py adds to the state), {} when it trains none."""
     spec = spec_lib.Spec.from_config(config)
     if not spec.hidden or not config.teacher.path:
         return {}
-    value = init_params(spec, student_dims(params), teacher_dims(config.teacher.path),
-                        config.seed)
-    if not value:
-        return {}
-    scale = float(config.distill.critic_lr_scale)
-    tx = optim.make_optimizer(config.optim, lambda step: scale * lr_fn(step))
-    return {AUX_NAME: aux_lib.Part(value=value, tx=tx)}
+    return init_params(spec, student_dims(params), teacher_dims(config.teacher.path),
+                       config.seed)

@@ -21,13 +21,23 @@ import logging
 import pathlib
 import time
 
+import jax
 import numpy as np
 
-from prune_ofa_jax import config_base, jsonio, logs, paths
+from prune_ofa_jax import config_base, jsonio, logs, paths, recipes
+from prune_ofa_jax.convert import hf, params_ckpt
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.models import config as model_config_lib
+from prune_ofa_jax.nas import defaults as nas_config
+from prune_ofa_jax.nas import evolution
 from prune_ofa_jax.nas import extract as extract_lib
-from prune_ofa_jax.nas import latency, predictor, report as report_lib, search
+from prune_ofa_jax.nas import fitness as fitness_lib
+from prune_ofa_jax.nas import latency, predictor
+from prune_ofa_jax.nas import report as report_lib
 from prune_ofa_jax.nas import space as space_lib
-from prune_ofa_jax.study import common
+from prune_ofa_jax.nas import supernet
+from prune_ofa_jax.study import harness
+from prune_ofa_jax.train import loop
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,6 @@ def _say(msg: str) -> None:
 
 
 def _run_once(cfg, wd: pathlib.Path, name: str, **kw) -> dict:
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     done = wd / "report.json"
     if done.exists():
         _say(f"{name}: done before ({done}), skipping")
@@ -82,8 +91,6 @@ def _sparse_teacher_ms(c, lat) -> dict:
     per tensor) in the same runtime: dense kernels take as long as ever."""
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.convert import hf  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.nas import supernet  # pylint: disable=import-outside-toplevel
     params, tcfg = supernet.load_teacher(c.teacher.path)
     model = transformers.BertModel(hf.hf_config(tcfg, "base"))
     state = hf.to_hf_state_dict(params, tcfg, "base")
@@ -105,7 +112,6 @@ def stage_search(c, space, supernet_params, tcfg, table, pred, wd: pathlib.Path)
         _say(f"3_search: done before ({done}), skipping")
         return json.loads(done.read_text())
     wd.mkdir(parents=True, exist_ok=True)
-    from prune_ofa_jax.nas import fitness as fitness_lib  # pylint: disable=import-outside-toplevel
     lat, s_cfg = c.nas.latency, c.nas.search
     b = int(lat.search_batch)
     teacher_ms = table[space.top()][str(b)]
@@ -123,12 +129,12 @@ def stage_search(c, space, supernet_params, tcfg, table, pred, wd: pathlib.Path)
 
     out = {}
     for s in s_cfg.speedups:
-        window = search.Window.for_speedup(teacher_ms, s, s_cfg.window)
+        window = evolution.Window.for_speedup(teacher_ms, s, s_cfg.window)
         bi = list(lat.batch_sizes).index(b)
-        pool = search.candidates(space, lambda archs: pred.predict(archs)[:, bi], window)
+        pool = evolution.candidates(space, lambda archs: pred.predict(archs)[:, bi], window)
         _say(f"3_search {s:g}x: window [{window.lo:.2f}, {window.hi:.2f}] ms at batch {b}, "
              f"{len(pool)} candidates")
-        res = search.evolve(space, pool, lambda a: pred.predict_one(a, b), window, fitness,
+        res = evolution.evolve(space, pool, lambda a: pred.predict_one(a, b), window, fitness,
                             s_cfg, c.seed, cache, say=lambda m, s=s: _say(f"{s:g}x {m}"))
         best = res["best"]
         out[f"{s:g}x"] = {"speedup": s, "arch": best.to_dict(), "fitness": cache[best],
@@ -151,7 +157,6 @@ def _read_cache(path: pathlib.Path) -> dict:
 
 def stage_extract(c, space, supernet_dir, found, wd: pathlib.Path) -> dict:
     """name -> HF dir: searched_<s>x (from the supernet), uniform_L<k> (the teacher's)."""
-    from prune_ofa_jax.nas import supernet  # pylint: disable=import-outside-toplevel
     top = space.top()
     jobs = {f"searched_{k}": (supernet_dir, space_lib.Arch.from_dict(v["arch"]))
             for k, v in found.items()}
@@ -178,7 +183,6 @@ def _tokenizer_dir(c):
 
 def finetune_config(c, hf_dir: str, task: str):
     """An ordinary GLUE fine-tune of an extracted model, pattern locked (padding stays 0)."""
-    from prune_ofa_jax import recipes  # pylint: disable=import-outside-toplevel
     f = c.nas.finetune
     ft = recipes.finetune("glue", task)
     ft.preset = ""
@@ -210,7 +214,7 @@ def stage_finetune(c, extracted: dict, wd: pathlib.Path) -> dict:
 def run(c, workdir) -> dict:
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
-    common.use_compile_cache(root)
+    harness.use_compile_cache(root)
     with logs.to_file(root):
         return _run(c, root)
 
@@ -223,10 +227,8 @@ def _teacher(c, root: pathlib.Path):
     if not c.teacher.path:
         path = root / "0_teacher" / "model"
         if not (path / "model.json").exists():
-            from prune_ofa_jax.convert import params_ckpt  # pylint: disable=import-outside-toplevel
-            from prune_ofa_jax.models import bert, config as mcfg  # pylint: disable=import-outside-toplevel
-            import jax  # pylint: disable=import-outside-toplevel
-            cfg = mcfg.by_name(c.model.name, **dict(c.model.overrides))
+
+            cfg = model_config_lib.by_name(c.model.name, **dict(c.model.overrides))
             params = bert.init_params(bert.BertFamily(cfg, "base"), jax.random.key(c.seed))
             params_ckpt.save_params(path, params, cfg, "base", overwrite=True)
             _say(f"0_teacher: a random {cfg.num_layers}-layer, {cfg.hidden_size}-wide teacher "
@@ -252,7 +254,6 @@ class _Walls:
 
 
 def _run(c, root: pathlib.Path) -> dict:
-    from prune_ofa_jax.nas import supernet  # pylint: disable=import-outside-toplevel
     walls = _Walls(root / "stage_wall_s.json")
     c = _teacher(c, root)
     d = {k: root / k for k in ("1_supernet", "2_latency", "3_search", "4_extract",
@@ -285,7 +286,6 @@ def _run(c, root: pathlib.Path) -> dict:
 
 def base_config():
     """config_base's keys + the nas section (configs/autotinybert.py starts here)."""
-    from prune_ofa_jax.nas import config as nas_config  # pylint: disable=import-outside-toplevel
     c = config_base.base()
     c.nas = nas_config.defaults()
     return c

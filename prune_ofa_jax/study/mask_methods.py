@@ -1,7 +1,7 @@
 """Mask-learning methods compared on one protocol (issue 13), at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.masks --workdir runs/masks [--readme README.md]
-  python -m prune_ofa_jax.study.masks --config configs/masks.py:test --workdir DIR  (suite)
+  python -m prune_ofa_jax.study.mask_methods --workdir runs/masks [--readme README.md]
+  python -m prune_ofa_jax.study.mask_methods --config configs/masks.py:test --workdir DIR  (suite)
 
 The real MiniLM-L6 fine-tuned on SST-2 and MRPC (the shared GLUE data; STS-B and MNLI, the
 paper's other tasks, are not available offline), 2 seeds, each sparse row at 50 % and 90 %
@@ -23,21 +23,19 @@ the study. WORKDIR/summary.json, table.md and masks.png hold the result.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 import time
 
 import ml_collections
 
-from prune_ofa_jax import jsonio, paths, pipeline, presets, recipes
+from prune_ofa_jax import jsonio, logs, paths, presets, recipes
 from prune_ofa_jax.sparsity import masks as masks_lib
-from prune_ofa_jax.study import common, masks_report
-from prune_ofa_jax.study import report as study_report
+from prune_ofa_jax.study import cost, harness, mask_methods_report
 
 ROWS = ("dense", "feature", "magnitude", "gmp", "movement_hard", "movement_soft", "adaprune",
         "supermask")
-DENSE_ROWS = ("dense", "feature")           # no sparsity: one run per task and seed
+DENSE_ROWS = mask_methods_report.DENSE_ROWS  # no sparsity: one run per task and seed
 FROZEN_ROWS = ("feature", "magnitude", "adaprune", "supermask")
 METHOD_OF = {"magnitude": "magnitude", "gmp": "magnitude", "movement_hard": "movement_hard",
              "movement_soft": "movement_soft", "adaprune": "adaprune",
@@ -91,9 +89,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
     return p
 
 
-def run_name(task: str, row: str, target, seed: int) -> str:
-    return f"{task}_{row}_s{seed}" if row in DENSE_ROWS else (
-        f"{task}_{row}_{round(100 * target)}_s{seed}")
+run_name = mask_methods_report.run_name
 
 
 def _row_config(p, task: str, t, row: str, target, seed: int):
@@ -109,7 +105,7 @@ def _row_config(p, task: str, t, row: str, target, seed: int):
     c.sparsity.frozen_weights = frozen
     q = ml_collections.ConfigDict(p.to_dict())  # an unlocked copy (the CLI flag's is locked)
     q.preset, q.seed, q.seq_len = presets.REFERENCE, seed, t.seq_len
-    pipeline.small_run(c, q, p.steps)
+    recipes.small_run(c, q, p.steps)
     c.checkpoint.every = p.checkpoint_every
     if row in METHOD_OF:
         _sparsity(c, p, row, target)
@@ -149,24 +145,23 @@ def _say(msg: str) -> None:
 
 
 def run(p, workdir) -> dict:
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
-    root = common.open_workdir(p, workdir)
+    root = harness.open_workdir(p, workdir)
     runs = plan(p, root)
     t0 = time.time()
     with logs.to_file(root):
-        reports = common.run_all(runs, _say, masks_report.headline, drop_checkpoints=True)
-    summary = masks_report.summarise(p, runs, reports)
+        reports = harness.run_all(runs, _say, mask_methods_report.headline, drop_checkpoints=True)
+    summary = mask_methods_report.summarise(p, runs, reports)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    summary.update(study_report.cost(reports.values()))
+    summary.update(cost.cost(reports.values()))
     (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(masks_report.markdown(summary))
-    masks_report.plot(summary, root / "masks.png")
-    print(masks_report.markdown(summary), flush=True)
+    (root / "table.md").write_text(mask_methods_report.markdown(summary))
+    mask_methods_report.plot(summary, root / "masks.png")
+    print(mask_methods_report.markdown(summary), flush=True)
     return summary
 
 
-STUDY = common.Study("masks", "prune_ofa_jax.study.masks", "configs/masks.py", run,
-                  masks_report.markdown, "mask methods")
+STUDY = harness.Study("masks", "prune_ofa_jax.study.mask_methods", "configs/masks.py", run,
+                  mask_methods_report.markdown, "mask methods")
 
 if __name__ == "__main__":
-    sys.exit(common.main(STUDY))
+    sys.exit(harness.main(STUDY))

@@ -21,10 +21,16 @@ import shutil
 import sys
 from typing import Callable
 
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from prune_ofa_jax import logs
+from prune_ofa_jax.train import loop
+
 
 def use_compile_cache(root: pathlib.Path) -> None:
     """JAX's persistent compilation cache in root/jax_cache, unless the user set one."""
-    import jax  # pylint: disable=import-outside-toplevel
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -48,7 +54,6 @@ def open_workdir(p, workdir) -> pathlib.Path:
 def run_all(runs: dict, say: Callable, headline: Callable, drop_checkpoints: bool = False):
     """runs: name -> (config, workdir), each an ordinary loop run; a finished one (its
     report.json) is read, not rerun. Returns name -> report."""
-    from prune_ofa_jax.train import loop  # pylint: disable=import-outside-toplevel
     reports = {}
     for i, (name, (cfg, wd)) in enumerate(runs.items(), 1):
         done = pathlib.Path(wd) / "report.json"
@@ -98,11 +103,6 @@ class Study:
 
 def main(study: Study, argv=None) -> int:
     """Parses argv (sys.argv[1:] by default), runs the study, writes the README section."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax import logs  # pylint: disable=import-outside-toplevel
     args = [study.module] + list(sys.argv[1:] if argv is None else argv)
     fv = flags.FlagValues()
     flags.DEFINE_string("workdir", None, "Output dir: one sub-dir per run, summary.json, "

@@ -10,6 +10,7 @@ import numpy as np
 
 from prune_ofa_jax.convert import hf as hf_convert
 from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.data import tokenization
 from prune_ofa_jax.models import bert
 
 _SENTENCES = ("a gripping , beautifully acted film .", "the plot is thin and the jokes fall flat .",
@@ -28,7 +29,6 @@ def _zeros_fraction(state_dict, prunable_torch: str = r"encoder\.layer\.\d+\..*w
 def export_and_check(stages: dict, out_root, p) -> dict:
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.data import tokenization  # pylint: disable=import-outside-toplevel
     tokenizer = tokenization.load_tokenizer(p.tokenizer or None)
     enc = tokenizer(list(_SENTENCES), padding="max_length", truncation=True,
                     max_length=p.seq_len, return_tensors="np")

@@ -16,7 +16,16 @@ import re
 
 import numpy as np
 
-from prune_ofa_jax.study import report as study_report
+from prune_ofa_jax.convert import params_ckpt
+from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.study import cost
+
+DENSE_ROWS = ("dense", "feature")  # no sparsity: one run per task and seed
+
+
+def run_name(task: str, row: str, target, seed: int) -> str:
+    return f"{task}_{row}_s{seed}" if row in DENSE_ROWS else (
+        f"{task}_{row}_{round(100 * target)}_s{seed}")
 
 METRICS = {"sst2": ("accuracy", "SST-2 acc"), "mrpc": ("f1", "MRPC F1")}
 LABELS = {"dense": "full fine-tune (dense)", "feature": "feature extraction (frozen)",
@@ -44,8 +53,6 @@ def headline(report: dict) -> str:
 
 def _masks(model_dir) -> dict:
     """{(layer, matrix): bool keep mask} of the covered encoder kernels of a final model."""
-    from prune_ofa_jax.convert import params_ckpt  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.sparsity import masks as masks_lib  # pylint: disable=import-outside-toplevel
     params, _, _ = params_ckpt.load_params(pathlib.Path(model_dir))
     out = {}
     for path, w in masks_lib.named_leaves(params):
@@ -83,15 +90,14 @@ def _stat(vals) -> dict:
 
 
 def summarise(p, runs: dict, reports: dict) -> dict:
-    from prune_ofa_jax.study import masks as study  # pylint: disable=import-outside-toplevel
-    sparse_rows = [r for r in p.rows if r not in study.DENSE_ROWS]
+    sparse_rows = [r for r in p.rows if r not in DENSE_ROWS]
     scores, spread, jac, stability = {}, {}, {}, {}
     for row in p.rows:
-        for target in ((None,) if row in study.DENSE_ROWS else p.targets):
+        for target in ((None,) if row in DENSE_ROWS else p.targets):
             key = f"{row}@{target}"
             scores[key] = {}
             for task in p.tasks:
-                rs = [reports[study.run_name(task, row, target, s)] for s in p.seeds]
+                rs = [reports[run_name(task, row, target, s)] for s in p.seeds]
                 metric = METRICS[task][0]
                 scores[key][task] = {
                     "score": _stat([100 * r["eval"][metric] for r in rs]),
@@ -103,7 +109,7 @@ def summarise(p, runs: dict, reports: dict) -> dict:
         acc_j = {pair: [] for pair in itertools.combinations(sparse_rows, 2)}
         per_seed = {r: {} for r in sparse_rows}
         for task, seed in itertools.product(p.tasks, p.seeds):
-            ms = {r: _masks(runs[study.run_name(task, r, target, seed)][1] / "model")
+            ms = {r: _masks(runs[run_name(task, r, target, seed)][1] / "model")
                   for r in sparse_rows}
             for r in sparse_rows:
                 acc_sp[r].append(_spread(ms[r]))
@@ -169,7 +175,7 @@ def markdown(summary: dict) -> str:
               "(MRPC: F1 of the positive class). Sparsity reached: fraction of the covered "
               f"encoder weights pruned at the end, per task ({' / '.join(tasks)}). Paper: Gao "
               "et al. 2021, appendix Table 2, BERT-base dev (@50 % / @90 %). Wall: every run "
-              f"of the row. {study_report.cost_line(summary)}", "",
+              f"of the row. {cost.cost_line(summary)}", "",
               "The paper's BERT-base dev numbers (STS-B Spearman / SST-2 acc / MNLI acc): "
               + "; ".join(f"{LABELS[r]}{'' if t is None else f' @{round(100 * t)}%'}: "
                           + " / ".join(f"{v:.3f}" for v in vals)

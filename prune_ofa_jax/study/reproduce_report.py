@@ -4,10 +4,15 @@ plot; and what a study cost (`cost`, `cost_line`: every study's table ends with 
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
+
+from prune_ofa_jax.study import cost
+
+# The table's rows; the upstream variant each sparse row transfers from.
+ROWS = ("dense", "prune_ofa", "gmp_no_kd", "prune_ofa_fast", "task_gmp")
+UPSTREAM_OF = {"prune_ofa": "kd_all", "gmp_no_kd": "no_kd", "prune_ofa_fast": "kd_masked"}
 
 # task -> (metric keys in the run's eval, label); the first key is the task's score.
 METRICS = {"sst2": (("accuracy",), "SST-2 acc"),
@@ -28,10 +33,9 @@ def _scale(task: str) -> float:
 
 
 def summarise(p, reports: dict) -> dict:
-    from prune_ofa_jax.study import reproduce  # pylint: disable=import-outside-toplevel
     seeds = list(p.seeds)
     rows = []
-    for row in reproduce.ROWS:
+    for row in ROWS:
         out = {"row": row, "label": LABELS[row], "tasks": {}}
         for task in p.tasks:
             keys, _ = METRICS[task]
@@ -52,7 +56,7 @@ def summarise(p, reports: dict) -> dict:
                                            for r in runs]))
             t["steps"] = int(runs[0]["steps"])
             out["tasks"][task] = t
-        upstream = reproduce.UPSTREAM_OF.get(row)
+        upstream = UPSTREAM_OF.get(row)
         out["upstream_wall_s"] = (sum(reports[f"up_{upstream}_s{s}"]["wall_time_s"]
                                       for s in seeds) if upstream else 0.0)
         out["finetune_wall_s"] = sum(reports[f"ft_{t}_{row}_s{s}"]["wall_time_s"]
@@ -77,31 +81,6 @@ def _ret(m: dict) -> str:
     return f"{100 * m['retention_mean']:.1f}{spread} %"
 
 
-def cost(reports) -> dict:
-    """The summary's cost fields from every run's report: wall and CPU time summed over the
-    runs (a resumed study's last invocation alone would understate it)."""
-    reports = list(reports)
-    cpu = [r["cpu_time_s"] for r in reports if "cpu_time_s" in r]  # (older reports lack it)
-    return {"run_wall_time_s": round(sum(r["wall_time_s"] for r in reports), 1),
-            "run_cpu_time_s": round(sum(cpu), 1), "runs_with_cpu_time": len(cpu),
-            "runs": len(reports)}
-
-
-def cost_of_runs_under(root: pathlib.Path) -> dict:
-    """cost() over every run (report.json) below `root`, for studies that keep no list."""
-    return cost(json.loads(f.read_text()) for f in sorted(pathlib.Path(root).rglob("report.json")))
-
-
-def cost_line(summary: dict) -> str:
-    """The sentence the studies' tables end with, from cost()'s fields."""
-    text = f"Whole study: {summary.get('run_wall_time_s', 0) / 60:.1f} min of run wall time"
-    n, runs = summary.get("runs_with_cpu_time", 0), summary.get("runs", 0)
-    if n:
-        text += (f", {summary['run_cpu_time_s'] / 60:.1f} min of CPU time"
-                 + (f" ({n} of its {runs} runs record it)" if n < runs else ""))
-    return text + "."
-
-
 def markdown(summary: dict) -> str:
     tasks = list(summary["rows"][0]["tasks"])
     head = ["row"] + [f"{METRICS[t][1]}" for t in tasks] + [
@@ -122,7 +101,7 @@ def markdown(summary: dict) -> str:
     lines.append(f"Mean ± half the range over {n} seeds (seeds {summary['seeds']}); retention = "
                  "sparse / dense of the same seed, on the first metric. Wall = this row's "
                  f"upstream and fine-tune runs, all seeds; teacher preparation "
-                 f"({summary['teacher_wall_s']:.0f} s) is shared. {cost_line(summary)}")
+                 f"({summary['teacher_wall_s']:.0f} s) is shared. {cost.cost_line(summary)}")
     return "\n".join(lines) + "\n"
 
 

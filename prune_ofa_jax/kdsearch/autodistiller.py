@@ -4,8 +4,8 @@ trained on the accumulated results table of our runs (the meta-table), ranks can
 pipelines for a task. A task's own rows are always left out of the fit, so a recommendation
 is what the regressor says about a dataset it has not seen (leave-one-task-out).
 
-  python -m prune_ofa_jax.distill.autodistiller recommend --task mrpc [--table CSV] [--top 5]
-  python -m prune_ofa_jax.distill.autodistiller evaluate [--table CSV]     (leave-one-task-out)
+  python -m prune_ofa_jax.kdsearch.autodistiller recommend --task mrpc [--table CSV] [--top 5]
+  python -m prune_ofa_jax.kdsearch.autodistiller evaluate [--table CSV]     (leave-one-task-out)
 
 The default table is the meta-table our study produced (distill/meta_table.csv).
 Dataset meta-features: log10 training rows, number of labels, mean tokens per row, sentence
@@ -16,13 +16,19 @@ mean to 4 numbers, and their mean pairwise cosine similarity).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import pathlib
 
+import jax
 import numpy as np
 
-from prune_ofa_jax.distill import pipelines
+from prune_ofa_jax.convert import loader
+from prune_ofa_jax.distill import mi
+from prune_ofa_jax.kdsearch import candidates, random_search, runs
+from prune_ofa_jax.models import bert
+from prune_ofa_jax.train import inputs
 
 TABLE = pathlib.Path(__file__).with_name("meta_table.csv")
 META = ("log10_rows", "num_labels", "mean_tokens", "pair", "teacher_score", "emb0", "emb1",
@@ -30,11 +36,7 @@ META = ("log10_rows", "num_labels", "mean_tokens", "pair", "teacher_score", "emb
 
 
 def _teacher_embedding(dirs: dict, arrays: dict, n: int = 256) -> dict:
-    import jax  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.distill import mi  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.models import bert  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import build  # pylint: disable=import-outside-toplevel
-    params, mcfg, task = build.load_params(str(dirs["teacher"]), "cls", 2, False)
+    params, mcfg, task = loader.load(str(dirs["teacher"]), "cls", 2)
     model = bert.BertFamily(mcfg, task)
     pick = np.sort(np.random.default_rng(0).permutation(len(arrays["input_ids"]))[:n])
     cols = {k: np.asarray(arrays[k])[pick].astype(np.int32)
@@ -52,8 +54,6 @@ def _teacher_embedding(dirs: dict, arrays: dict, n: int = 256) -> dict:
 
 def task_meta(p, task: str, dirs: dict, root: pathlib.Path) -> dict:
     """The task's meta-features (cached in root/meta_<task>.json)."""
-    from prune_ofa_jax.distill import runs  # pylint: disable=import-outside-toplevel
-    from prune_ofa_jax.train import inputs  # pylint: disable=import-outside-toplevel
     cache = root / f"meta_{task}.json"
     if cache.exists():
         return json.loads(cache.read_text())
@@ -84,7 +84,7 @@ def _num(v):
 
 
 def features(pipe: dict, meta: dict) -> np.ndarray:
-    f = pipelines.features(pipe)
+    f = candidates.features(pipe)
     return np.array([float(meta[k]) for k in META] + [f[k] for k in sorted(f)], np.float64)
 
 
@@ -116,22 +116,22 @@ def fit(rows: list, exclude_task: str = "", seed: int = 0):
     return model.fit(x, y)
 
 
-def candidates(n: int = 256, seed: int = 0) -> list:
+def candidate_pool(n: int = 256, seed: int = 0) -> list:
     """The fixed pipelines plus n distinct draws from the space."""
-    from prune_ofa_jax.distill import search  # pylint: disable=import-outside-toplevel
-    pool = [dict(v) for k, v in pipelines.FIXED.items() if k != "student"] + search.draw(n, seed)
+    pool = ([dict(v) for k, v in candidates.FIXED.items() if k != "student"]
+            + random_search.draw(n, seed))
     seen, out = set(), []
     for pipe in pool:
-        if pipelines.key(pipe) not in seen:
-            seen.add(pipelines.key(pipe))
-            out.append(pipelines.canonical(pipe))
+        if candidates.key(pipe) not in seen:
+            seen.add(candidates.key(pipe))
+            out.append(candidates.canonical(pipe))
     return out
 
 
 def recommend(rows: list, task: str, meta: dict, n_candidates: int = 256, seed: int = 0):
     """[(predicted ratio, pipeline)] best first, from a fit that leaves `task` out."""
     model = fit(rows, exclude_task=task, seed=seed)
-    pool = candidates(n_candidates, seed)
+    pool = candidate_pool(n_candidates, seed)
     pred = model.predict(np.stack([features(p, meta) for p in pool]))
     order = np.argsort(-pred, kind="stable")
     return [(float(pred[i]), pool[i]) for i in order]
@@ -157,7 +157,6 @@ def leave_one_task_out(rows: list, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     rec = sub.add_parser("recommend", help="rank candidate pipelines for a task")
@@ -182,7 +181,7 @@ def main(argv=None) -> None:
         except KeyError:
             raise SystemExit(
                 f"--task {args.task}: {args.table} has no meta-features for it; pass --meta "
-                f"meta_{args.task}.json (`python -m prune_ofa_jax.distill.search --task "
+                f"meta_{args.task}.json (`python -m prune_ofa_jax.kdsearch.random_search --task "
                 f"{args.task} --budget 1` prepares the teacher and writes it)") from None
     for rank, (pred, pipe) in enumerate(recommend(rows, args.task, meta, args.candidates)[
             :args.top], 1):
