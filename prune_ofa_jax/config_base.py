@@ -9,6 +9,7 @@ from ml_collections import config_dict
 from prune_ofa_jax import presets
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.sparsity import methods
 
 
 def base() -> ml_collections.ConfigDict:
@@ -117,9 +118,10 @@ def base() -> ml_collections.ConfigDict:
     c.sparsity.end_step = 500
     c.sparsity.update_every = 100
     c.sparsity.freeze_step = 800
-    c.sparsity.method = "magnitude"   # magnitude (GMP) | movement_hard | movement_soft |
-    #                                   adaprune | supermask (sparsity/methods/); the old
-    #                                   uniform | global still work (deprecated): magnitude
+    c.sparsity.method = methods.DEFAULT  # magnitude (GMP) | movement_hard | movement_soft |
+    #                                   adaprune | supermask | any registered method
+    #                                   (sparsity/methods/); the old uniform | global still
+    #                                   work (deprecated): magnitude
     c.sparsity.distribution = "uniform"  # top-k methods: uniform (per tensor, Prune OFA) |
     #                                   global (one selection over all prunable tensors)
     c.sparsity.frozen_weights = config_dict.placeholder(bool)  # the backbone never trains,
@@ -132,23 +134,14 @@ def base() -> ml_collections.ConfigDict:
     #                                 stay 0); True: dense latent weights, masks in the forward
     c.sparsity.include = masks_lib.DEFAULT_INCLUDE  # Prune OFA: encoder Linear kernels + pooler
     c.sparsity.exclude = ()
-    # Learned-mask methods (sparsity/methods/*.py; defaults = their papers' settings).
-    c.sparsity.movement = ml_collections.ConfigDict()
-    c.sparsity.movement.lr = 1e-2     # scores' Adam LR (x the run's LR schedule shape)
-    c.sparsity.movement.init = 0.0    # constant initial score
-    c.sparsity.movement.threshold = 0.1  # soft: final threshold on sigmoid(score)
-    c.sparsity.movement.l1 = 400.0    # soft: final L1 weight on mean sigmoid(score)
-    c.sparsity.adaprune = ml_collections.ConfigDict()
-    c.sparsity.adaprune.lr = 2e-5     # alpha: plain SGD on theta
-    c.sparsity.adaprune.gamma = 2e-7  # constant push toward pruning per step
-    c.sparsity.adaprune.t_l = 1e5     # forward mask sigmoid(t_l * theta)
-    c.sparsity.adaprune.t_s = 1.0     # surrogate slope of the backward
-    c.sparsity.adaprune.init_mean = 0.01  # theta0 ~ N(init_mean, init_std^2): starts dense
-    c.sparsity.adaprune.init_std = 0.001
-    c.sparsity.supermask = ml_collections.ConfigDict()
-    c.sparsity.supermask.lr = 1e-3    # scores' Adam LR (x the run's LR schedule shape)
-    c.sparsity.supermask.threshold = 0.01  # mask = 1[score > threshold]
-    c.sparsity.supermask.init_scale = 0.02  # scores ~ threshold + scale * (U[0,1) - target)
+    # Each pruning method's own block (sparsity.movement, .adaprune, .supermask, and any
+    # method registered before this runs): its config fields and their defaults (their
+    # papers' settings), declared by the method (sparsity/methods/*.py).
+    for block, defaults in methods.config_blocks().items():
+        if block in c.sparsity:
+            raise ValueError(f"a pruning method's block config.sparsity.{block} would replace "
+                             "a sparsity key: set the method's `block` to another name")
+        c.sparsity[block] = ml_collections.ConfigDict(defaults)
 
     c.quant = ml_collections.ConfigDict()
     c.quant.enabled = False           # Q8BERT-style fake-quant QAT

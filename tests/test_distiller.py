@@ -175,17 +175,18 @@ def test_critics_checkpoint_resume_exactly_on_the_finetune_recipe(tiny_ckpts, tm
                    for k, _ in jax.tree_util.tree_leaves_with_path(state.params))
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("distill.intermediate", "mine", "config.distill.intermediate"),
-    ("distill.mi_alpha", 1.5, "config.distill.mi_alpha"),
-    ("distill.layer_map", "first", "config.distill.layer_map"),
-    ("distill.kd_weight", 0.0, "config.distill.kd_weight"),
-    ("augment.kinds", ("contextual",), "config.augment.mlm_path"),
+@pytest.mark.parametrize("over,match", [
+    ({"distill.intermediate": "mine"}, "config.distill.intermediate"),
+    ({"distill.intermediate": "mi_alpha", "distill.mi_alpha": 1.5}, "config.distill.mi_alpha"),
+    ({"distill.layer_map": "first"}, "config.distill.layer_map"),
+    ({"distill.kd_weight": 0.0}, "config.distill.kd_weight"),
+    ({"distill.logit_loss": "kld"}, "config.distill.logit_loss"),
+    ({"augment.kinds": ("contextual",)}, "config.augment.mlm_path"),
 ])
-def test_bad_distiller_config_names_the_key(tiny_ckpts, key, value, match):
+def test_bad_distiller_config_names_the_key(tiny_ckpts, over, match):
     c = train_helpers.recipe("finetune_glue", "sst2,test", init=tiny_ckpts["bert"],
                              teacher=tiny_ckpts["bert"])
     c.update_from_flattened_dict({"distill.kd_weight": 0.5, "distill.intermediate": "mse"})
-    c.update_from_flattened_dict({key: value})
+    c.update_from_flattened_dict(over)
     with pytest.raises(errors.ConfigError, match=match):
         validate.validate(c)

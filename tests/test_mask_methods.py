@@ -2,7 +2,8 @@
 hand-computed values; AdaPrune's constant push and stop rule on a toy problem whose optimal
 mask is known; GMP through the interface equals the step before it, bit for bit; frozen
 weights stay bit-identical through training, a kill and a resume; the layer-mix export
-reloads in transformers with its zeros and our logits; config errors and the deprecation."""
+reloads in transformers with its zeros and our logits; config errors and the deprecation;
+the methods' config blocks from the registry."""
 
 import dataclasses
 import functools
@@ -16,11 +17,12 @@ import optax
 import pytest
 import train_helpers
 
-from prune_ofa_jax import errors
+from prune_ofa_jax import config_base, errors
 from prune_ofa_jax.sparsity import exact_topk
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity import methods, patterns, schedules
-from prune_ofa_jax.sparsity.methods import adaprune, base, movement_hard, movement_soft, supermask
+from prune_ofa_jax.sparsity.methods import (adaprune, base, magnitude, movement_hard, movement_soft,
+                                            supermask)
 from prune_ofa_jax.train import validate
 
 KEY = methods.AUX_KEY
@@ -183,6 +185,58 @@ def test_method_configs_and_deprecated_spellings():
     c.sparsity.method, c.sparsity.frozen_weights = "movement_hard", True
     assert isinstance(methods.from_config(c, False), movement_hard.MovementHard)
     assert methods.from_config(c, False).frozen_weights
+
+
+def test_method_blocks_come_from_the_registry_with_their_keys_and_defaults():
+    """config.sparsity's method blocks are the registered methods' own fields, with the keys
+    and defaults scripts use; methods sharing a block must agree on its defaults; a method
+    registered from user code gets its block, its check and its fields (defaults where a
+    config was built before it was registered)."""
+    c = config_base.base()
+    assert c.sparsity.movement.to_dict() == {"lr": 1e-2, "init": 0.0, "threshold": 0.1,
+                                             "l1": 400.0}
+    assert c.sparsity.adaprune.to_dict() == {"lr": 2e-5, "gamma": 2e-7, "t_l": 1e5, "t_s": 1.0,
+                                             "init_mean": 0.01, "init_std": 0.001}
+    assert c.sparsity.supermask.to_dict() == {"lr": 1e-3, "threshold": 0.01, "init_scale": 0.02}
+    with pytest.raises(ValueError, match=r"config\.sparsity\.movement\.lr defaults to 0\.5"):
+        @methods.register("movement_fast")
+        @dataclasses.dataclass(frozen=True)
+        class Fast(movement_hard.MovementHard):
+            lr: float = 0.5
+    assert "movement_fast" not in methods.REGISTRY
+
+    @dataclasses.dataclass(frozen=True)
+    class Shrunk(magnitude.Magnitude):
+        factor: float = 0.5
+        target: float = 0.0
+        sparsity_keys = ("target",)
+
+        @classmethod
+        def check(cls, config):
+            super().check(config)
+            base.require(cls.settings(config.sparsity)["factor"] > 0,
+                         "sparsity.shrunk_test.factor", "must be > 0")
+    built_before = config_base.base()
+    methods.register("shrunk_test")(Shrunk)
+    try:
+        c = config_base.base()
+        assert c.sparsity.shrunk_test.to_dict() == {"factor": 0.5}
+        for cfg in (c, built_before):
+            cfg.sparsity.update(enabled=True, method="shrunk_test", target=0.4)
+        c.sparsity.shrunk_test.factor = 2.0
+        m = methods.from_config(c, regrow=False)
+        assert (type(m), m.name, m.factor, m.target) == (Shrunk, "shrunk_test", 2.0, 0.4)
+        assert methods.from_config(built_before, regrow=False).factor == 0.5
+        c.sparsity.shrunk_test.factor = -1.0
+        with pytest.raises(errors.ConfigError, match=r"^config\.sparsity\.shrunk_test\.factor"):
+            methods.check(c)
+        c.sparsity.update(method="movement_hard", pattern="2:4")  # structured: no error
+        methods.check(c)
+        c.sparsity.method = "movement_soft"
+        with pytest.raises(errors.ConfigError, match=r"need one of \('magnitude', "):
+            methods.check(c)
+    finally:
+        methods.REGISTRY.remove("shrunk_test")
 
 
 # --- whole runs -------------------------------------------------------------------------

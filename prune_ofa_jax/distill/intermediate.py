@@ -5,6 +5,12 @@ is the embeddings output and entry i+1 the output of layer i; `attentions[i]` is
 [B, heads, L, L] probabilities. A layer map is a tuple of 0-based (student_layer,
 teacher_layer) pairs. `mask` is the [B, L] attention/padding mask (1 = real token).
 Teacher tensors are always under `stop_gradient`; everything accumulates in float32.
+
+The hidden-state distances are registered in `DISTANCES` under their `distill.intermediate`
+name, each `fn(student, teacher, mask) -> scalar` on one layer pair's [B, L, H] states. A new
+one is one function here (or in a user's own code) decorated with
+`@intermediate.DISTANCES.register("name")`. The names are disjoint from the MI bounds'
+(distill/mi.py), which select the same key.
 """
 
 from typing import Callable, Optional, Sequence, Tuple
@@ -13,10 +19,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prune_ofa_jax.distill import reduction
+from prune_ofa_jax import registry
+from prune_ofa_jax.distill import mi, reduction
 
 Array = jax.Array
 LayerMap = Tuple[Tuple[int, int], ...]
+
+DISTANCES = registry.Registry(
+    "hidden-state distance", "distill.intermediate", disjoint=(mi.BOUNDS,),
+    hint="add one with @prune_ofa_jax.distill.intermediate.DISTANCES.register(name)")
 
 
 def layer_map(num_student: int, num_teacher: int,
@@ -60,6 +71,7 @@ def _token_weights(mask: Optional[Array]) -> Optional[Array]:
     return None if mask is None else jnp.asarray(mask, jnp.float32)
 
 
+@DISTANCES.register("mse")
 def hidden_mse(student: Array, teacher: Array, mask: Optional[Array] = None) -> Array:
     """Mean over features of the squared error, then weighted mean over real tokens."""
     teacher = jax.lax.stop_gradient(jnp.asarray(teacher, jnp.float32))
@@ -70,6 +82,7 @@ def hidden_mse(student: Array, teacher: Array, mask: Optional[Array] = None) -> 
     return reduction.weighted_mean(jnp.square(student - teacher), _token_weights(mask))
 
 
+@DISTANCES.register("cosine")
 def hidden_cosine(student: Array, teacher: Array, mask: Optional[Array] = None,
                   eps: float = 1e-8) -> Array:
     """Weighted mean over real tokens of `1 - cos(student, teacher)` (DistilBERT's term)."""
@@ -81,6 +94,7 @@ def hidden_cosine(student: Array, teacher: Array, mask: Optional[Array] = None,
     return reduction.weighted_mean(1.0 - cos, _token_weights(mask))
 
 
+@DISTANCES.register("pkd")
 def hidden_pkd(student: Array, teacher: Array, mask: Optional[Array] = None) -> Array:
     """BERT-PKD's normalised MSE on the first token: mean over the batch of
     ||s / |s| - t / |t| ||^2 (summed over features). `mask` is unused (position 0 is real)."""
@@ -134,12 +148,12 @@ def hidden_loss(student_states: Sequence[Array], teacher_states: Sequence[Array]
                 mapping: LayerMap, mask: Optional[Array] = None, kind: str = "mse",
                 project: Optional[Callable[[Array], Array]] = None,
                 include_embeddings: bool = False) -> Array:
-    """Mean over mapped layers of `hidden_mse`, `hidden_cosine` or `hidden_pkd`.
+    """Mean over mapped layers of the distance registered as `kind` (mse, cosine, pkd, ...).
 
     `project` (e.g. `lambda h: proj.apply(proj_params, h)`) maps student width to teacher
     width when they differ; `include_embeddings` adds the embeddings-output pair (0, 0).
     """
-    fn = HIDDEN_TERMS[kind]
+    fn = DISTANCES[kind]
     pairs = [(s + 1, t + 1) for s, t in mapping]
     if include_embeddings:
         pairs = [(0, 0)] + pairs
@@ -157,9 +171,6 @@ def attention_loss(student_attn: Sequence[Array], teacher_attn: Sequence[Array],
     fn = {"kl": attention_kl, "mse": attention_mse}[kind]
     return jnp.mean(jnp.stack([fn(student_attn[s], teacher_attn[t], mask)
                                for s, t in mapping]))
-
-
-HIDDEN_TERMS = {"mse": hidden_mse, "cosine": hidden_cosine, "pkd": hidden_pkd}
 
 
 class HiddenProjection(nn.Module):

@@ -68,7 +68,7 @@ def _pair_term(spec, params, h_s, h_t, mask, s: int, t: int):
     proj = params.get(f"proj_s{s}")
     if proj is not None:
         h_s = intermediate.HiddenProjection(h_t.shape[-1]).apply({"params": proj}, h_s)
-    return intermediate.HIDDEN_TERMS[spec.intermediate](h_s, h_t, mask), None
+    return intermediate.DISTANCES[spec.intermediate](h_s, h_t, mask), None
 
 
 def loss(spec: spec_lib.Spec, params, s_out: dict, t_out: dict, mask):

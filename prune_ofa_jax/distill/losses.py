@@ -9,8 +9,11 @@ Conventions shared by every function here:
 * Teacher tensors go through `stop_gradient` inside the loss, so nothing differentiates
   through the teacher even if the caller forgets.
 
-Intermediate-representation terms (hidden states, attention maps, layer maps) live in
-`distill.intermediate`.
+The logit KD losses a run can select (`config.distill.logit_loss`) are registered in
+LOGIT_LOSSES, each a function `(student_logits, teacher_logits, temperature, weights)` with
+its own config check; `kd_logits(kind, ...)` dispatches by name. A new one is one decorated
+function here (or in a user's own code). Intermediate-representation terms (hidden states,
+attention maps, layer maps) live in `distill.intermediate`.
 """
 
 from typing import Optional
@@ -18,13 +21,19 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from prune_ofa_jax import errors, registry
 from prune_ofa_jax.distill import reduction
 
 Array = jax.Array
 
 weighted_mean = reduction.weighted_mean
 
+LOGIT_LOSSES = registry.Registry(
+    "logit KD loss", "distill.logit_loss",
+    hint="add one with @prune_ofa_jax.distill.losses.LOGIT_LOSSES.register(name)")
 
+
+@LOGIT_LOSSES.register("kl")
 def kd_kl(student_logits: Array, teacher_logits: Array, temperature: float = 2.0,
           weights: Optional[Array] = None) -> Array:
     """`T^2 * mean_w KL(softmax(t/T) || softmax(s/T))` over the last (class) axis.
@@ -67,6 +76,7 @@ def mixed_xent(logits: Array, labels: Array, mix_labels: Array, lam: Array,
     return weighted_mean(per_row, weights)
 
 
+@LOGIT_LOSSES.register("soft_ce")
 def kd_soft_ce(student_logits: Array, teacher_logits: Array, temperature: float = 2.0,
                weights: Optional[Array] = None) -> Array:
     """`T^2 * mean_w CE(softmax(t/T), softmax(s/T))`: KD-KL plus the teacher's entropy (a
@@ -79,16 +89,25 @@ def kd_soft_ce(student_logits: Array, teacher_logits: Array, temperature: float 
     return temperature**2 * weighted_mean(-jnp.sum(pt * log_ps, -1), weights)
 
 
+def _sentence_heads_only(config) -> None:
+    if config.task != "cls":
+        raise errors.ConfigError(
+            "config.distill.logit_loss: mse on the logits is for sentence heads (task cls); "
+            "the MLM/QA heads distil with kl or soft_ce")
+
+
+@LOGIT_LOSSES.register("mse", check=_sentence_heads_only)
+def kd_mse(student_logits: Array, teacher_logits: Array, temperature: float = 2.0,
+           weights: Optional[Array] = None) -> Array:
+    """Mean squared error between the logits (no temperature), for sentence heads."""
+    del temperature
+    return mse(student_logits, jax.lax.stop_gradient(teacher_logits), weights)
+
+
 def kd_logits(kind: str, student_logits: Array, teacher_logits: Array, temperature: float,
               weights: Optional[Array] = None) -> Array:
-    """Logit KD by name: "kl" (kd_kl), "soft_ce" (kd_soft_ce) or "mse" (between logits)."""
-    if kind == "kl":
-        return kd_kl(student_logits, teacher_logits, temperature, weights)
-    if kind == "soft_ce":
-        return kd_soft_ce(student_logits, teacher_logits, temperature, weights)
-    if kind == "mse":
-        return mse(student_logits, jax.lax.stop_gradient(teacher_logits), weights)
-    raise ValueError(f"unknown logit KD loss {kind!r}; kl, soft_ce or mse")
+    """Logit KD by its registered name (LOGIT_LOSSES: kl, soft_ce, mse, ...)."""
+    return LOGIT_LOSSES[kind](student_logits, teacher_logits, temperature, weights)
 
 
 def accuracy(logits: Array, labels: Array, weights: Optional[Array] = None) -> Array:

@@ -17,6 +17,12 @@ the marginals. A learned baseline, where a bound has one, is `log q(t_i) = log_b
   log-mean-exp never subtracts two exponentials that could cancel.
 * `infonce_bound` (van den Oord et al. 2018), `tuba_bound`, `nwj_bound` (TUBA with log q = 1).
 
+Each bound is registered in `BOUNDS` under its `distill.intermediate` name, with one
+signature `fn(scores, log_baseline, alpha) -> nats` (a bound ignores what it does not use);
+`bound(kind, ...)` dispatches through it. A new bound is one function here (or in a user's
+own code) decorated with `@mi.BOUNDS.register("name")`, optionally with `check=` for its
+config keys.
+
 Critics are separable, f(s, t) = scale * <g_S(h_S), g_T(h_T)>, with L2-normalised encoder
 outputs and a learned scale; g is a small MLP on the masked mean of the tokens ("mlp") or a
 one-layer transformer over the tokens, then pooled ("encoder"). Their params live in the
@@ -32,9 +38,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prune_ofa_jax import errors, registry
+
 Array = jax.Array
 
-BOUNDS = ("mi_alpha", "infonce", "nwj", "tuba")
+BOUNDS = registry.Registry("MI bound", "distill.intermediate",
+                           hint="add one with @prune_ofa_jax.distill.mi.BOUNDS.register(name)")
 
 
 def _offdiag(k: int) -> Array:
@@ -89,6 +98,13 @@ def _check_scores(scores: Array) -> Array:
     return jnp.asarray(scores, jnp.float32)
 
 
+def _check_alpha(config) -> None:
+    if not 0.0 <= config.distill.mi_alpha <= 1.0:
+        raise errors.ConfigError(f"config.distill.mi_alpha: {config.distill.mi_alpha} must be "
+                                 "in [0, 1] (1 = InfoNCE, 0 = TUBA)")
+
+
+@BOUNDS.register("mi_alpha", check=_check_alpha)
 def interpolated_bound(scores: Array, log_baseline: Optional[Array], alpha: float) -> Array:
     """I_alpha (MI-alpha) in nats; `log_baseline` [K] is log q(t_i) (unused when alpha = 1)."""
     scores = _check_scores(scores)
@@ -106,36 +122,36 @@ def interpolated_bound(scores: Array, log_baseline: Optional[Array], alpha: floa
     return 1.0 + joint - marginal
 
 
-def infonce_bound(scores: Array) -> Array:
+@BOUNDS.register("infonce")
+def infonce_bound(scores: Array, log_baseline: Optional[Array] = None,
+                  alpha: Optional[float] = None) -> Array:
     """InfoNCE: mean_i [f(s_i, t_i) - log mean_k e^{f(s_k, t_i)}] (at most log K)."""
+    del log_baseline, alpha
     scores = _check_scores(scores)
     k = scores.shape[0]
     return jnp.mean(jnp.diagonal(scores) - jax.nn.logsumexp(scores, -1)) + math.log(k)
 
 
-def tuba_bound(scores: Array, log_baseline: Array) -> Array:
+@BOUNDS.register("nwj")
+def nwj_bound(scores: Array, log_baseline: Optional[Array] = None,
+              alpha: Optional[float] = None) -> Array:
+    """NWJ (f-GAN KL): TUBA with the constant baseline log q = 1."""
+    del log_baseline, alpha
+    return tuba_bound(scores, jnp.ones((scores.shape[0],), jnp.float32))
+
+
+@BOUNDS.register("tuba")
+def tuba_bound(scores: Array, log_baseline: Array, alpha: Optional[float] = None) -> Array:
     """TUBA: 1 + E_joint[f - log q(t)] - E_marginal[e^{f - log q(t)}]."""
+    del alpha
     scores = _check_scores(scores)
     shifted = scores - jnp.asarray(log_baseline, jnp.float32)[:, None]
     return 1.0 + jnp.mean(jnp.diagonal(shifted)) - jnp.exp(logmeanexp_offdiag(shifted))
 
 
-def nwj_bound(scores: Array) -> Array:
-    """NWJ (f-GAN KL): TUBA with the constant baseline log q = 1."""
-    return tuba_bound(scores, jnp.ones((scores.shape[0],), jnp.float32))
-
-
 def bound(kind: str, scores: Array, log_baseline: Optional[Array], alpha: float) -> Array:
-    """The named bound (one of BOUNDS) in nats."""
-    if kind == "mi_alpha":
-        return interpolated_bound(scores, log_baseline, alpha)
-    if kind == "infonce":
-        return infonce_bound(scores)
-    if kind == "nwj":
-        return nwj_bound(scores)
-    if kind == "tuba":
-        return tuba_bound(scores, log_baseline)
-    raise ValueError(f"unknown MI bound {kind!r}; one of {BOUNDS}")
+    """The bound registered as `kind` (see BOUNDS) in nats."""
+    return BOUNDS[kind](scores, log_baseline, alpha)
 
 
 # --- critics ------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """What a run distils beyond the logits, read once from `config.distill` into a hashable
 `Spec` the train step carries (StepConfig.distill), and its checks (each error names the key).
 
-  --config.distill.logit_loss=kl|soft_ce|mse
-  --config.distill.intermediate=mi_alpha|infonce|nwj|tuba|mse|cosine|pkd   ("" = none)
+  --config.distill.logit_loss=kl|soft_ce|mse                (losses.LOGIT_LOSSES)
+  --config.distill.intermediate=mi_alpha|infonce|nwj|tuba   (mi.BOUNDS, with a critic)
+                               |mse|cosine|pkd              (intermediate.DISTANCES; "" = none)
   --config.distill.intermediate_weight=1.0 --config.distill.mi_alpha=0.9
   --config.distill.layer_map=skip|last|emd --config.distill.attention_weight=0.0
   --config.distill.critic=mlp|encoder (critic_hidden, critic_dim, critic_lr_scale)
+
+The names come from the registries (a new logit loss, bound or distance registers itself
+where it is defined and is then accepted here), and each entry's own check runs when the
+config selects it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ from __future__ import annotations
 import dataclasses
 
 from prune_ofa_jax import errors
-from prune_ofa_jax.distill import mi
+from prune_ofa_jax.distill import intermediate, losses, mi
 
-LOGIT_LOSSES = ("kl", "soft_ce", "mse")
-DISTANCES = ("mse", "cosine", "pkd")
-INTERMEDIATE = mi.BOUNDS + DISTANCES
 LAYER_MAPS = ("skip", "last", "emd")
 CRITICS = ("mlp", "encoder")
+
+
+def intermediate_names() -> tuple:
+    """Every name `distill.intermediate` accepts now: the MI bounds, then the distances."""
+    return mi.BOUNDS.names() + intermediate.DISTANCES.names()
+
+
+# The built-in intermediate objectives, as registered at import (the KD search's space).
+INTERMEDIATE = intermediate_names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +79,18 @@ def _fail(key: str, msg: str):
 def check(c) -> None:
     """Config errors before anything compiles."""
     d = c.distill
-    if d.logit_loss not in LOGIT_LOSSES:
-        _fail("distill.logit_loss", f"{d.logit_loss!r} is not one of {LOGIT_LOSSES}")
-    if d.intermediate not in ("",) + INTERMEDIATE:
-        _fail("distill.intermediate", f"{d.intermediate!r} is not one of {INTERMEDIATE} "
-              "(or \"\" for none)")
+    losses.LOGIT_LOSSES.check(c, d.logit_loss)  # a registered name and its own check
+    if d.intermediate in mi.BOUNDS:
+        mi.BOUNDS.check(c, d.intermediate)
+    elif d.intermediate in intermediate.DISTANCES:
+        intermediate.DISTANCES.check(c, d.intermediate)
+    elif d.intermediate:
+        _fail("distill.intermediate", f"{d.intermediate!r} is not one of "
+              f"{intermediate_names()} (or \"\" for none)")
     if d.layer_map not in LAYER_MAPS:
         _fail("distill.layer_map", f"{d.layer_map!r} is not one of {LAYER_MAPS}")
     if d.critic not in CRITICS:
         _fail("distill.critic", f"{d.critic!r} is not one of {CRITICS}")
-    if not 0.0 <= d.mi_alpha <= 1.0:
-        _fail("distill.mi_alpha", f"{d.mi_alpha} must be in [0, 1] (1 = InfoNCE, 0 = TUBA)")
     if d.intermediate_weight < 0 or d.attention_weight < 0:
         _fail("distill.intermediate_weight", "intermediate and attention weights must be >= 0")
     if d.critic_hidden < 1 or d.critic_dim < 1 or d.critic_lr_scale <= 0:
@@ -89,6 +101,3 @@ def check(c) -> None:
         _fail("distill.kd_weight", "intermediate/attention distillation runs with the teacher, "
               "which a run loads when distill.kd_weight > 0: set distill.kd_weight (e.g. 0.5) "
               "and teacher.path")
-    if d.logit_loss == "mse" and c.task != "cls":
-        _fail("distill.logit_loss", "mse on the logits is for sentence heads (task cls); the "
-              "MLM/QA heads distil with kl or soft_ce")

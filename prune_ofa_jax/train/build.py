@@ -1,6 +1,11 @@
 """Assemble a run from its config: model, params, teacher, masks, optimizer, shardings, and
 the jitted step. Used by the loop, the benchmarks and the tests, so all three compile the
 very same step.
+
+The door into the step from the user's own code, without editing the package:
+`build(config, method=..., loss_terms=...)` (and `loop.run(config, workdir, method=...,
+loss_terms=...)`, which passes them here): a pruning `Method` instance replaces the one
+`config.sparsity.method` names, and `objectives.LossTerm`s are added to the objective.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity import methods
 from prune_ofa_jax.train import aux as aux_lib
 from prune_ofa_jax.train import evaluate as evaluate_lib
-from prune_ofa_jax.train import optim, steps
+from prune_ofa_jax.train import objectives, optim, steps
 from prune_ofa_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -126,7 +131,8 @@ def make_masks(config, params):
 
 
 def make_method(config):
-    """The run's pruning method (sparsity/methods): magnitude, movement, adaprune, ..."""
+    """The run's pruning method (sparsity/methods): the one registered under
+    config.sparsity.method (magnitude, movement, adaprune, ...)."""
     return methods.from_config(config, regrow=bool(config.sparsity.regrow))
 
 
@@ -151,7 +157,7 @@ def aux_parts(config, params, param_shardings, lr_fn, method=None) -> dict:
     return parts
 
 
-def step_config(config, mesh=None) -> steps.StepConfig:
+def step_config(config, mesh=None, loss_terms=()) -> steps.StepConfig:
     kd = config.distill
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     return steps.StepConfig(
@@ -160,15 +166,23 @@ def step_config(config, mesh=None) -> steps.StepConfig:
         temperature=kd.temperature, mlm_positions_only=kd.mlm_positions_only,
         fused_chunk=kd.fused_chunk, batch_shards=shards,
         qat=config.quant.enabled,
-        distill=distill_spec.Spec.from_config(config))
+        distill=distill_spec.Spec.from_config(config),
+        loss_terms=objectives.check_terms(loss_terms, config))
 
 
-def build(config, mesh=None) -> Run:
+def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
     """Everything but the data. Params come from config.init.path (or random init). The
     preset is resolved here if the caller has not (the bench, the tests); train.steps is
-    taken as given (loop.run resolves train.epochs from the data first)."""
+    taken as given (loop.run resolves train.epochs from the data first).
+
+    method: a pruning method (sparsity/methods/base.Method) built in the caller's code, used
+    instead of the one config.sparsity.method names (the config still says what is pruned:
+    sparsity.enabled, include/exclude); loss_terms: objectives.LossTerm's added to the
+    objective and logged under their names."""
     if not presets.is_resolved(config):
         config = presets.resolve(config)
+    if method is not None and not isinstance(method, methods.Method):
+        raise TypeError(f"method: {method!r} is not a sparsity.methods.Method")
     mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                   for k, v in config.mesh.rules)
@@ -187,7 +201,7 @@ def build(config, mesh=None) -> Run:
         if fresh:
             log.warning("freshly initialised (not in %s): %s", config.init.path, fresh)
 
-    step_cfg = step_config(config, mesh)
+    step_cfg = step_config(config, mesh, loss_terms)
     total = config.train.steps
     sp = config.sparsity
     rewind = ((sp.begin_step, sp.end_step, sp.update_every)
@@ -195,7 +209,7 @@ def build(config, mesh=None) -> Run:
     lr_fn = optim.learning_rate_fn(config.optim, total, rewind)
     tx = optim.make_optimizer(config.optim, lr_fn)
     masks = make_masks(config, params)
-    method = make_method(config)
+    method = make_method(config) if method is None else method
     schedule = method.schedule
 
     # Shardings from the logical axis names of the (abstract) params.

@@ -13,16 +13,73 @@ distill/objective.py). Classification batches may carry augmentation keys
 (distill/augment.py): `label_weights` (0 for augmented rows, which learn from the teacher's
 soft labels only) and `mix_ids` / `mix_lambda` / `mix_labels` (embedding mixup, soft-mixed
 hard labels; the teacher sees the same mixed input).
+Terms from the user's own code are `LossTerm`s (`build.build(config, loss_terms=...)`,
+`loop.run(config, workdir, loss_terms=...)`): the step config carries them, `model_inputs`
+asks the models for what they need and `loss` adds each one and logs it under its name.
 `loss` is the one entry point the train step calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
 import jax.numpy as jnp
 
+from prune_ofa_jax import errors
 from prune_ofa_jax.distill import fused_mlm, layer_kd, losses
 
 MLM_TASKS = ("pretraining", "mlm")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    """A term of the objective defined in the user's own code: `weight * fn(student_out,
+    teacher_out, batch)` is added to the loss and fn's value is logged under `name`.
+
+    fn: pure jnp, traced inside the step's value_and_grad (gradients reach the student
+    through it). `student_out` and `teacher_out` are the models' output dicts (models/bert.py:
+    "logits", "mlm_logits", ... ; "hidden_states", the embeddings output then one [B, L, H]
+    array per layer, when `hidden_states`; "attentions", one [B, heads, L, L] per layer, when
+    `attentions`); `teacher_out` is None in a run without a teacher and is a constant
+    (stop_gradient) otherwise; `batch` is the micro-batch dict ("attention_mask" [B, L], ...).
+    Returns a scalar. `needs_teacher`: the run must load a teacher (distill.kd_weight > 0 and
+    teacher.path), checked when the run is built. Part of the step's static config, so it is
+    frozen and hashable: give a module-level function (or another hashable callable)."""
+    name: str
+    fn: Callable[[dict, Optional[dict], dict], Any]
+    weight: float = 1.0
+    hidden_states: bool = False
+    attentions: bool = False
+    needs_teacher: bool = False
+
+
+def check_terms(terms, config) -> tuple:
+    """The user's loss terms as a tuple, or an error saying what is wrong with one: a
+    TypeError/ValueError for a bad term, errors.ConfigError when the config cannot serve it."""
+    terms = tuple(terms)
+    seen = set()
+    for t in terms:
+        if not isinstance(t, LossTerm):
+            raise TypeError(f"loss_terms: {t!r} is not an objectives.LossTerm")
+        if not t.name or t.name in seen or t.name == "loss":
+            raise ValueError(f"loss_terms: name {t.name!r} must be non-empty, unique and not "
+                             "'loss' (it names the term's metric)")
+        seen.add(t.name)
+        if not callable(t.fn) or not math.isfinite(float(t.weight)):
+            raise ValueError(f"loss term {t.name!r}: fn must be callable and weight finite")
+        try:
+            hash(t)
+        except TypeError as e:
+            raise TypeError(f"loss term {t.name!r}: fn must be hashable (a module-level "
+                            f"function, not e.g. a bound method of a mutable object): {e}") from e
+        if t.needs_teacher and not config.distill.kd_weight > 0:
+            raise errors.ConfigError(
+                f"config.distill.kd_weight: loss term {t.name!r} needs the teacher, which a run "
+                "loads when distill.kd_weight > 0: set distill.kd_weight (e.g. 0.5) and "
+                "teacher.path")
+    return terms
 
 
 def fused(cfg) -> bool:
@@ -38,10 +95,10 @@ def model_inputs(cfg, batch: dict) -> dict:
         kwargs["masked_positions"] = batch["masked_lm_positions"]
     if fused(cfg):
         kwargs["mlm_hidden"] = True
-    spec = cfg.distill
-    if spec is not None and spec.hidden:
+    spec, terms = cfg.distill, cfg.loss_terms
+    if (spec is not None and spec.hidden) or any(t.hidden_states for t in terms):
         kwargs["output_hidden_states"] = True
-    if spec is not None and spec.attentions:
+    if (spec is not None and spec.attentions) or any(t.attentions for t in terms):
         kwargs["output_attentions"] = True
     if "mix_ids" in batch:  # static: the batch's structure
         kwargs["mix_ids"], kwargs["mix_lambda"] = batch["mix_ids"], batch["mix_lambda"]
@@ -49,9 +106,9 @@ def model_inputs(cfg, batch: dict) -> dict:
 
 
 def loss(cfg, out: dict, t_out, batch: dict, aux=None):
-    """(task_weight * task + kd_weight * KD + intermediate terms, metrics) for the student
-    outputs `out` and the teacher's `t_out` (None without distillation); `aux` is the train
-    state's aux dict (the critics live under distill/objective.py's AUX_NAME)."""
+    """(task_weight * task + kd_weight * KD + intermediate terms + the user's terms, metrics)
+    for the student outputs `out` and the teacher's `t_out` (None without distillation);
+    `aux` is the train state's aux dict (the critics live under layer_kd.AUX_NAME)."""
     total, terms = _logits_loss(cfg, out, t_out, batch)
     spec = cfg.distill
     if t_out is not None and spec is not None and (spec.hidden or spec.attentions):
@@ -59,6 +116,15 @@ def loss(cfg, out: dict, t_out, batch: dict, aux=None):
             spec, (aux or {}).get(layer_kd.AUX_NAME), out, t_out,
             batch["attention_mask"])
         total, terms = total + extra, {**terms, **extra_terms}
+    for term in cfg.loss_terms:
+        value = jnp.asarray(term.fn(out, t_out, batch), jnp.float32)
+        if value.shape != ():
+            raise ValueError(f"loss term {term.name!r}: fn returned shape {value.shape}, "
+                             "not a scalar")
+        if term.name in terms:
+            raise ValueError(f"loss term {term.name!r}: the step logs a metric of that name "
+                             f"already ({sorted(terms)}); rename the term")
+        total, terms = total + term.weight * value, {**terms, term.name: value}
     return total, terms
 
 

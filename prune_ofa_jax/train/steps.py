@@ -10,7 +10,8 @@ shardings (train/loop.py). One Prune OFA step:
   3. the frozen teacher runs outside value_and_grad, under stop_gradient;
   4. loss(params, aux): the method's view of the params (masked; for learned masks the mask
      carries the gradient to the scores) -> student forward (fake-quant after masking in QAT,
-     so zeros stay zero) -> task_weight * task + kd_weight * T^2 KL (+ the method's penalty);
+     so zeros stay zero) -> task_weight * task + kd_weight * T^2 KL (+ the method's penalty,
+     + the user's loss terms, cfg.loss_terms: train/objectives.py);
   5. grads of pruned entries and frozen weights zeroed; AdamW update; the method then keeps
      frozen weights bit-identical and hard-zeroes pruned ones, unless it keeps dense latent
      weights (`regrow`, the Intel reference, and every learned-mask method);
@@ -47,6 +48,7 @@ class StepConfig:
     batch_shards: int = 1           # devices the batch is split over (the mesh's data x fsdp)
     qat: bool = False                # carry/update the "quant_stats" collection
     distill: Any = None              # distill.spec.Spec: logit-KD kind, intermediate terms
+    loss_terms: tuple = ()           # objectives.LossTerm from the user's code, in the loss
 
 
 def forward(model, params, quant_stats, batch, cfg: StepConfig, *, train: bool, rng=None):

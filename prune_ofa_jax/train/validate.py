@@ -1,4 +1,6 @@
-"""Config checks that run before anything compiles; each error names the offending key."""
+"""Config checks that run before anything compiles; each error names the offending key.
+The extension points check their own keys: the pruning method (sparsity/methods) and the
+distillation terms (distill/spec.py) through their registries."""
 
 from __future__ import annotations
 
@@ -11,43 +13,12 @@ from prune_ofa_jax.sparsity import methods, patterns
 
 TASKS = ("pretraining", "mlm", "cls", "qa")
 DATA_KINDS = ("text", "glue", "squad", "tweets")
+CLS_HEADS = ("default", "layer_mix", "layer_mix_mean")
 
 
 def _check(cond: bool, key: str, msg: str):
     if not cond:
         raise errors.ConfigError(f"config.{key}: {msg}")
-
-
-def _check_method(c) -> None:
-    """sparsity.method / distribution / the methods' own keys; model.cls_head."""
-    sp = c.sparsity
-    names = tuple(methods.METHODS) + methods.DEPRECATED
-    _check(sp.method in names, "sparsity.method", f"{sp.method!r} is not one of "
-           f"{tuple(methods.METHODS)}")
-    name, distribution = methods.resolve_name(sp)  # FutureWarning for uniform/global
-    _check(distribution in ("uniform", "global"), "sparsity.distribution",
-           f"{distribution!r} is not uniform or global")
-    _check(c.model.cls_head in ("default", "layer_mix", "layer_mix_mean"), "model.cls_head",
-           f"{c.model.cls_head!r} is not default, layer_mix or layer_mix_mean")
-    if name == "magnitude":
-        return
-    _check(sp.enabled, "sparsity.enabled", f"sparsity.method={name!r} learns masks in a "
-           "pruning run: set --config.sparsity.enabled=True (and, in a fine-tuning recipe, "
-           "--config.sparsity.lock_pattern=False)")
-    _check(patterns.parse(sp.pattern) == patterns.Unstructured()
-           or methods.METHODS[name].structured_patterns, "sparsity.pattern",
-           f"{name!r} thresholds its scores per weight; N:M and blocks need magnitude or "
-           "movement_hard")
-    _check(0.0 < sp.target < 1.0, "sparsity.target", f"{name!r} needs a target in (0, 1)")
-    rates = {"movement_hard": sp.movement.lr, "movement_soft": sp.movement.lr,
-             "adaprune": sp.adaprune.lr, "supermask": sp.supermask.lr}
-    _check(rates[name] > 0, f"sparsity.{name.split('_')[0]}.lr", "must be > 0")
-    _check(0.0 < sp.movement.threshold < 1.0, "sparsity.movement.threshold",
-           "a threshold on sigmoid(score) must be in (0, 1)")
-    _check(sp.adaprune.t_l > 0 and sp.adaprune.t_s > 0, "sparsity.adaprune.t_l",
-           "temperatures t_l and t_s must be > 0")
-    _check(sp.adaprune.init_std >= 0 and sp.supermask.init_scale >= 0,
-           "sparsity.adaprune.init_std", "initial spreads must be >= 0")
 
 
 def validate(c) -> None:
@@ -104,7 +75,9 @@ def validate(c) -> None:
             patterns.parse(sp.pattern)
         except ValueError as e:
             raise errors.ConfigError(f"config.sparsity.pattern: {e}") from e
-    _check_method(c)
+    _check(c.model.cls_head in CLS_HEADS, "model.cls_head",
+           f"{c.model.cls_head!r} is not one of {CLS_HEADS}")
+    methods.check(c)  # sparsity.method: registered, and the method's own check
     for key in ("include", "exclude"):
         for rx in getattr(sp, key):
             try:

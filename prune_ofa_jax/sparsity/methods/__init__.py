@@ -1,5 +1,6 @@
 """Mask-learning methods behind one interface (base.Method): how masks are chosen, what the
-forward sees, which weights train. One file per method:
+forward sees, which weights train. One file per method, each registering itself under its
+`config.sparsity.method` name with its config block and its own check (base.register):
 
 - magnitude:     gradual magnitude pruning (GMP, today's Prune OFA default), |W| top-k;
 - movement_hard: movement pruning, top-k of STE-trained scores, weights fine-tune;
@@ -7,23 +8,34 @@ forward sees, which weights train. One file per method:
 - adaprune:      Adapting by Pruning, frozen weights, sigmoid(t_l theta) masks, gamma push;
 - supermask:     frozen weights, 1[score > 0.01] with STE (Zhao et al. 2020).
 
-`from_config(config, regrow)` builds the run's method (train/build.py adds its scores to
-the train state's aux slot).
+A new method is one file in this folder (every module here is imported below, so the file
+registers itself by being there), or a class in a user's own code, decorated with
+`@methods.register("name")`; `--config.sparsity.method=name` then runs it. `check(config)`
+validates `config.sparsity` against the registry and the method's own check;
+`from_config(config, regrow)` builds the run's method (train/build.py adds its scores to the
+train state's aux slot).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
 
+from prune_ofa_jax import errors
 from prune_ofa_jax.sparsity import patterns, schedules
-from prune_ofa_jax.sparsity.methods import (adaprune, base, magnitude, movement_hard, movement_soft,
-                                            supermask)
+from prune_ofa_jax.sparsity.methods import base
 
-METHODS = {"magnitude": magnitude.Magnitude, "movement_hard": movement_hard.MovementHard,
-           "movement_soft": movement_soft.MovementSoft, "adaprune": adaprune.AdaPrune,
-           "supermask": supermask.Supermask}
-DEPRECATED = ("uniform", "global")   # the old sparsity.method values = distributions
+for _module in pkgutil.iter_modules(__path__):  # each method module registers its class
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 AUX_KEY = base.AUX_KEY
+DEFAULT = "magnitude"                # the one method that runs without sparsity.enabled
+DEPRECATED = base.DEPRECATED         # the old sparsity.method values = distributions
+REGISTRY = base.REGISTRY
+Method = base.Method
+register = base.register
+config_blocks = base.config_blocks
 
 
 def resolve_name(sp) -> tuple[str, str]:
@@ -34,7 +46,7 @@ def resolve_name(sp) -> tuple[str, str]:
             f"config.sparsity.method={sp.method!r} is deprecated: it now names the pruning "
             f"method; write --config.sparsity.method=magnitude "
             f"--config.sparsity.distribution={sp.method}", FutureWarning, stacklevel=2)
-        return "magnitude", sp.method
+        return DEFAULT, sp.method
     return sp.method, sp.distribution
 
 
@@ -43,13 +55,30 @@ def frozen_weights(sp) -> bool:
     if sp.frozen_weights is not None:
         return bool(sp.frozen_weights)
     name, _ = resolve_name(sp)
-    return sp.enabled and METHODS[name].frozen_default
+    return sp.enabled and REGISTRY[name].frozen_default
 
 
 def schedule(sp):
     return schedules.CubicSchedule(
         target=sp.target, initial=sp.initial, begin_step=sp.begin_step, end_step=sp.end_step,
         update_every=sp.update_every, freeze_step=sp.freeze_step)
+
+
+def check(config) -> None:
+    """errors.ConfigError naming the key: sparsity.method is registered (or a deprecated
+    spelling, with its FutureWarning), the distribution is known, a method other than the
+    default runs in a pruning run, and the method's own check passes."""
+    sp = config.sparsity
+    if sp.method not in REGISTRY and sp.method not in DEPRECATED:
+        raise errors.ConfigError(REGISTRY.unknown(sp.method))
+    name, distribution = resolve_name(sp)
+    base.require(distribution in base.DISTRIBUTIONS, "sparsity.distribution",
+                 f"{distribution!r} is not one of {base.DISTRIBUTIONS}")
+    base.require(name == DEFAULT or sp.enabled, "sparsity.enabled",
+                 f"sparsity.method={name!r} prunes in a pruning run only: set "
+                 "--config.sparsity.enabled=True (and, in a fine-tuning recipe, "
+                 "--config.sparsity.lock_pattern=False)")
+    REGISTRY.check(config, name)
 
 
 def from_config(config, regrow: bool) -> base.Method:
@@ -65,20 +94,4 @@ def from_config(config, regrow: bool) -> base.Method:
         return base.Method(**common)
     common.update(schedule=schedule(sp), distribution=distribution,
                   pattern=patterns.parse(sp.pattern))
-    if name == "magnitude":
-        return magnitude.Magnitude(**common)
-    if name == "movement_hard":
-        return movement_hard.MovementHard(**common, lr=sp.movement.lr, init=sp.movement.init)
-    if name == "movement_soft":
-        return movement_soft.MovementSoft(**common, lr=sp.movement.lr, init=sp.movement.init,
-                                          threshold=sp.movement.threshold, l1=sp.movement.l1)
-    if name == "adaprune":
-        a = sp.adaprune
-        return adaprune.AdaPrune(**common, target=sp.target, lr=a.lr, gamma=a.gamma,
-                                 t_l=a.t_l, t_s=a.t_s, init_mean=a.init_mean,
-                                 init_std=a.init_std)
-    if name == "supermask":
-        s = sp.supermask
-        return supermask.Supermask(**common, target=sp.target, lr=s.lr, threshold=s.threshold,
-                                   init_scale=s.init_scale)
-    raise ValueError(f"config.sparsity.method: {name!r} is not one of {sorted(METHODS)}")
+    return REGISTRY[name].from_sparsity(sp, **common)

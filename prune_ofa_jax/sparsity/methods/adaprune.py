@@ -50,19 +50,31 @@ def _binarise_bwd(t_l, t_s, theta, g):
 binarise.defvjp(_binarise_fwd, _binarise_bwd)
 
 
+@base.register("adaprune")
 @dataclasses.dataclass(frozen=True)
 class AdaPrune(base.Method):
-    target: float = 0.5
-    lr: float = 2e-5           # alpha
-    gamma: float = 2e-7
-    t_l: float = 1e5
-    t_s: float = 1.0
-    init_mean: float = 0.01
+    """Config: sparsity.target and sparsity.adaprune.{lr, gamma, t_l, t_s, init_mean,
+    init_std}."""
+    target: float = 0.5        # sparsity.target: the fraction pruned when theta stops
+    lr: float = 2e-5           # alpha: plain SGD on theta
+    gamma: float = 2e-7        # constant push toward pruning per step
+    t_l: float = 1e5           # forward mask sigmoid(t_l * theta)
+    t_s: float = 1.0           # surrogate slope of the backward
+    init_mean: float = 0.01    # theta0 ~ N(init_mean, init_std^2): starts dense
     init_std: float = 0.001
 
-    name = "adaprune"
     learns_scores = True
     frozen_default = True
+    sparsity_keys = ("target",)
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        base.check_score_learning(cls, config)
+        a = config.sparsity.adaprune
+        base.require(a.t_l > 0 and a.t_s > 0, "sparsity.adaprune.t_l",
+                     "temperatures t_l and t_s must be > 0")
+        base.require(a.init_std >= 0, "sparsity.adaprune.init_std", "must be >= 0")
 
     @property
     def keeps_latent(self) -> bool:

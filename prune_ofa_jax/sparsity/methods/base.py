@@ -18,6 +18,12 @@ This base class is the plain case: masks stay as they are (a dense run, or fine-
 a locked pattern); magnitude.py adds the GMP schedule, the others learn scores.
 `frozen_weights`: the pre-trained network (`FROZEN`, everything under backbone/) never
 changes, bit for bit; the task heads still train (feature extraction, adaprune, supermask).
+
+Every method registers itself under its config name (`@register("movement_hard")`, also
+from a user's own code) and declares its config: its dataclass fields beyond the common
+ones are the keys of its block `config.sparsity.<block>` (defaults = the field defaults;
+config_base builds the blocks from the registry), `sparsity_keys` names fields read from
+`config.sparsity` itself (e.g. target), and `check(config)` its own config errors.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prune_ofa_jax import errors, registry
 from prune_ofa_jax.sparsity import exact_topk
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity import patterns
@@ -37,6 +44,8 @@ from prune_ofa_jax.sparsity import patterns
 AUX_KEY = "mask_scores"        # the state.aux entry holding a method's scores
 FROZEN = r"^backbone/"         # what frozen_weights keeps fixed: the pre-trained network
 DISTRIBUTIONS = ("uniform", "global")
+DEPRECATED = DISTRIBUTIONS     # the old sparsity.method values: magnitude with a distribution
+RESERVED = ("fixed",) + DEPRECATED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +61,60 @@ class Method:
     frozen_weights: bool = False
     regrow: bool = False
 
-    name = "fixed"
+    name = "fixed"          # set by `register` to the config name
     learns_scores = False   # class constants: whether init_scores/score_tx are used
     frozen_default = False  # frozen_weights when the config leaves it unset
     # Structured patterns the method's mask selection supports; threshold methods: none.
     structured_patterns = False
+    block = None            # its config block config.sparsity.<block>; None: its name
+    sparsity_keys = ()      # own fields read from config.sparsity itself (e.g. "target")
+
+    # --- config ------------------------------------------------------------------------
+    @classmethod
+    def config_fields(cls) -> tuple:
+        """The method's own dataclass fields (beyond the common ones above)."""
+        return tuple(f for f in dataclasses.fields(cls) if f.name not in _COMMON)
+
+    @classmethod
+    def block_name(cls) -> str:
+        return cls.block or cls.name
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Its block's keys and defaults: the fields not in `sparsity_keys`."""
+        return {f.name: f.default for f in cls.config_fields()
+                if f.name not in cls.sparsity_keys}
+
+    @classmethod
+    def settings(cls, sp) -> dict:
+        """Its own field values from `config.sparsity` (the block's defaults where a config
+        built before the method was registered lacks its block)."""
+        block = cls.block_name()
+        values = dict(sp[block]) if block in sp else {}
+        out = {}
+        for f in cls.config_fields():
+            if f.name in cls.sparsity_keys:
+                out[f.name] = sp[f.name]
+            else:
+                out[f.name] = values.get(f.name, f.default)
+        return out
+
+    @classmethod
+    def from_sparsity(cls, sp, **common) -> "Method":
+        """The method for `config.sparsity`; `common`: schedule, distribution, pattern,
+        frozen_weights, regrow (methods.from_config)."""
+        return cls(**common, **cls.settings(sp))
+
+    @classmethod
+    def check(cls, config) -> None:
+        """errors.ConfigError (naming the key) when `config` does not suit this method; runs
+        in validate, before anything compiles. The base: the pattern is one it can select."""
+        sp = config.sparsity
+        if sp.enabled and not cls.structured_patterns:
+            structured = tuple(n for n, m in REGISTRY.items() if m.structured_patterns)
+            require(patterns.parse(sp.pattern) == patterns.Unstructured(), "sparsity.pattern",
+                    f"{cls.name!r} thresholds its scores per weight; N:M and blocks need one "
+                    f"of {structured}")
 
     # --- state -------------------------------------------------------------------------
     def init_scores(self, params, masks, rng) -> Optional[Any]:
@@ -107,6 +165,74 @@ class Method:
             return new
         return jax.tree_util.tree_map_with_path(
             lambda path, o, n: o if _is_frozen(path) else n, old, new)
+
+
+_COMMON = frozenset(f.name for f in dataclasses.fields(Method))
+
+
+def require(cond: bool, key: str, msg: str) -> None:
+    """errors.ConfigError `config.<key>: <msg>` unless `cond`."""
+    if not cond:
+        raise errors.ConfigError(f"config.{key}: {msg}")
+
+
+def check_score_learning(cls, config) -> None:
+    """What a score-learning method needs besides the base check: a target in (0, 1) and,
+    when its block has an `lr`, a positive score learning rate."""
+    require(0.0 < config.sparsity.target < 1.0, "sparsity.target",
+            f"{cls.name!r} needs a target in (0, 1)")
+    lr = cls.settings(config.sparsity).get("lr")
+    require(lr is None or lr > 0, f"sparsity.{cls.block_name()}.lr", "must be > 0")
+
+
+# --- the registry -----------------------------------------------------------------------
+def _on_register(name: str, cls) -> None:
+    """A method is a frozen dataclass subclass of Method whose config fields have defaults
+    that agree with every other method sharing its block."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)
+            and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"pruning method {name!r}: register a @dataclasses.dataclass("
+                        f"frozen=True) subclass of sparsity.methods.base.Method, got {cls!r}")
+    if name in RESERVED:
+        raise ValueError(f"pruning method name {name!r} is reserved: {RESERVED}")
+    for f in cls.config_fields():
+        if f.default is dataclasses.MISSING:
+            raise TypeError(f"pruning method {name!r}: field {f.name!r} needs a default (it is "
+                            f"the default of config.sparsity.{cls.block or name}.{f.name})")
+    block = cls.block or name
+    own = {f.name: f.default for f in cls.config_fields() if f.name not in cls.sparsity_keys}
+    for other_name, other in REGISTRY.items():
+        if other_name == name or other.block_name() != block:
+            continue
+        for key, value in other.defaults().items():
+            if key in own and own[key] != value:
+                raise ValueError(
+                    f"pruning method {name!r}: config.sparsity.{block}.{key} defaults to "
+                    f"{own[key]!r}, but {other_name!r} (same block) says {value!r}")
+
+
+REGISTRY = registry.Registry(
+    "pruning method", "sparsity.method", on_register=_on_register,
+    hint="add one with @prune_ofa_jax.sparsity.methods.register(name)")
+
+
+def register(name: str):
+    """Class decorator: registers a Method subclass as `config.sparsity.method=<name>` (sets
+    its `name`), with its `check` and its config block (see the module docstring)."""
+    def add(cls):
+        REGISTRY.register(name, check=cls.check)(cls)
+        cls.name = name
+        return cls
+    return add
+
+
+def config_blocks() -> dict:
+    """{block: {key: default}} over the registered methods (blocks shared by several
+    methods merged): the method blocks of config.sparsity."""
+    blocks: dict = {}
+    for _, cls in REGISTRY.items():
+        blocks.setdefault(cls.block_name(), {}).update(cls.defaults())
+    return {k: v for k, v in blocks.items() if v}
 
 
 def _is_frozen(path) -> bool:

@@ -18,10 +18,11 @@ from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.sparsity.methods import base
 
 
+@base.register("magnitude")
 @dataclasses.dataclass(frozen=True)
 class Magnitude(base.Method):
-    """Scores = |W| (no state of its own); masks change only on the schedule's update steps."""
-    name = "magnitude"
+    """Scores = |W| (no state of its own, no config block); masks change only on the
+    schedule's update steps."""
     structured_patterns = True
 
     def masks(self, params, aux, masks, step):

@@ -18,14 +18,21 @@ import optax
 from prune_ofa_jax.sparsity.methods import base
 
 
+@base.register("movement_hard")
 @dataclasses.dataclass(frozen=True)
 class MovementHard(base.Method):
-    lr: float = 1e-2
-    init: float = 0.0
+    """Config: sparsity.movement.{lr, init} (the block soft movement shares)."""
+    lr: float = 1e-2           # scores' Adam LR (x the run's LR schedule shape)
+    init: float = 0.0          # constant initial score
 
-    name = "movement_hard"
     learns_scores = True
     structured_patterns = True
+    block = "movement"
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        base.check_score_learning(cls, config)
 
     @property
     def keeps_latent(self) -> bool:

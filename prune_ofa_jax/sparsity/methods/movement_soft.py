@@ -17,15 +17,25 @@ import optax
 from prune_ofa_jax.sparsity.methods import base
 
 
+@base.register("movement_soft")
 @dataclasses.dataclass(frozen=True)
 class MovementSoft(base.Method):
-    lr: float = 1e-2
+    """Config: sparsity.movement.{lr, init, threshold, l1} (the block hard movement shares)."""
+    lr: float = 1e-2           # scores' Adam LR (x the run's LR schedule shape)
+    init: float = 0.0          # constant initial score
     threshold: float = 0.1     # final tau on sigmoid(S) (their scripts: 0.1)
-    l1: float = 400.0          # final lambda (their scripts: 400 for ~90 % sparsity)
-    init: float = 0.0
+    l1: float = 400.0          # final lambda on mean sigmoid(S) (their scripts: 400 for ~90 %)
 
-    name = "movement_soft"
     learns_scores = True
+    block = "movement"
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        base.check_score_learning(cls, config)
+        base.require(0.0 < config.sparsity.movement.threshold < 1.0,
+                     "sparsity.movement.threshold",
+                     "a threshold on sigmoid(score) must be in (0, 1)")
 
     @property
     def keeps_latent(self) -> bool:

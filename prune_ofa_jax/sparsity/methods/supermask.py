@@ -16,16 +16,25 @@ import optax
 from prune_ofa_jax.sparsity.methods import base
 
 
+@base.register("supermask")
 @dataclasses.dataclass(frozen=True)
 class Supermask(base.Method):
-    target: float = 0.5        # initial fraction of scores at or below the threshold
-    lr: float = 1e-3
-    threshold: float = 0.01
+    """Config: sparsity.target and sparsity.supermask.{lr, threshold, init_scale}."""
+    target: float = 0.5        # sparsity.target: initial fraction at or below the threshold
+    lr: float = 1e-3           # scores' Adam LR (x the run's LR schedule shape)
+    threshold: float = 0.01    # mask = 1[score > threshold]
     init_scale: float = 0.02   # scores ~ threshold + init_scale * (U[0, 1) - target)
 
-    name = "supermask"
     learns_scores = True
     frozen_default = True
+    sparsity_keys = ("target",)
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        base.check_score_learning(cls, config)
+        base.require(config.sparsity.supermask.init_scale >= 0,
+                     "sparsity.supermask.init_scale", "must be >= 0")
 
     @property
     def keeps_latent(self) -> bool:
