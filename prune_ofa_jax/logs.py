@@ -14,6 +14,9 @@ import pathlib
 import sys
 
 OURS = "prune_ofa_jax"
+# `extra=FILE_ONLY` on a record: WORKDIR/log.txt only, never the console (a failure's
+# traceback, where the command line prints its own one-line message).
+FILE_ONLY = {"file_only": True}
 _FILE_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
 
@@ -33,6 +36,11 @@ class _Quiet(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.startswith(OURS)
 
 
+class _NotFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = super().format(record)
@@ -46,6 +54,7 @@ def setup_console(verbose: bool = False) -> None:
         root.removeHandler(h)
     console = _Console()
     console.setFormatter(_ConsoleFormatter("%(message)s"))
+    console.addFilter(_NotFileOnly())
     if not verbose:
         console.addFilter(_Quiet())
     root.addHandler(console)

@@ -1,39 +1,44 @@
-"""Entry point: `python -m prune_ofa_jax.main --config configs/<recipe>.py[:arg] --workdir DIR
-[--config.key=value ...] [--verbose]`. A config with a `pipeline` runs its stages in order
-(the demo); any other config is one training run. The console shows our own lines, warnings
-and the progress bar; the full log (library INFO too) is WORKDIR/log.txt."""
+"""Train from a recipe: `python -m prune_ofa_jax.main --config configs/<recipe>.py[:arg]
+--workdir DIR [--config.key=value ...] [--verbose]` (also `python -m prune_ofa_jax train`).
+
+A config with a `pipeline` runs its stages in order (the demo); any other config is one
+training run. Rerunning the same command resumes an interrupted run. The console shows our
+own lines, warnings and the progress bar; the full log (library INFO too) is WORKDIR/log.txt.
+A bad config value is one `error: config.<key>: ...` line (exit status 2), also written to
+WORKDIR/log.txt with its traceback; a preempted run (SIGTERM) exits with status 143.
+"""
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from prune_ofa_jax import demo, logs
+from prune_ofa_jax import cli, demo, logs
+from prune_ofa_jax.data import common, records
 from prune_ofa_jax.train import loop
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py[:arg]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Output dir: checkpoints, metrics, report.json, log.txt.")
-flags.DEFINE_bool("verbose", False, "Library INFO (Orbax, JAX) on the console too.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: the run did not finish; rerun the command to resume
+MODULE = "prune_ofa_jax.main"
 
 
-def main(argv):
-    del argv
-    # Imported here so --help stays fast and flags parse before jax initialises.
-    logs.setup_console(verbose=FLAGS.verbose)
-    try:
-        if "pipeline" in FLAGS.config:
-            demo.run(FLAGS.config, FLAGS.workdir)
+def parser() -> cli.Parser:
+    p = cli.Parser(MODULE, description=__doc__)
+    p.add_config(required=True, help="the recipe, e.g. configs/demo.py or "
+                 "configs/finetune_glue.py:sst2 (the text after ':' is its argument).")
+    p.add_workdir("output dir: checkpoints, metrics.jsonl, report.json, model/, log.txt.")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def body():
+        logs.setup_console(verbose=args.verbose)
+        if "pipeline" in args.config:
+            demo.run(args.config, args.workdir)
         else:
-            loop.run(FLAGS.config, FLAGS.workdir)
-    except loop.Preempted as e:
-        print(f"[prune_ofa_jax] {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_PREEMPTED)
+            loop.run(args.config, args.workdir)
+
+    return cli.run(body, workdir=args.workdir, verbose=args.verbose,
+                   user_errors=(common.DataError, records.PreparedDataError, FileNotFoundError),
+                   exits={loop.Preempted: cli.EXIT_PREEMPTED})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -86,7 +86,7 @@ def prepared_corpus(tmp_path_factory, shared_data) -> pathlib.Path:
     from prune_ofa_jax.data import prepare  # pylint: disable=import-outside-toplevel
     out = tmp_path_factory.mktemp("prepared") / "wiki_32"
     args, beam_args = prepare.parse([
-        "--source", "text:wikitext2/valid.txt", "--out", str(out), "--seq_len", "32",
+        "--source", "text:wikitext2/valid.txt", "--workdir", str(out), "--seq_len", "32",
         "--root", str(shared_data), "--runner=DirectRunner",
         "--direct_running_mode=in_memory", "--direct_num_workers=1"])
     prepare.run(args, beam_args)

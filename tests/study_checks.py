@@ -1,7 +1,7 @@
-"""The compression study at :test size (python -m prune_ofa_jax.study --size test), run on the
-tiny demo that tests/test_demo.py builds anyway: its SST-2 models (and its 80 % upstream model,
-the sweep's "before" point) are reused, so the study trains only the three tweets models and
-the sweep's task-GMP run."""
+"""The compression study at :test size (python -m prune_ofa_jax.study compression --size test),
+run on the tiny demo that tests/test_demo.py builds anyway: its SST-2 models (and its 80 %
+upstream model, the sweep's "before" point) are reused, so the study trains only the three
+tweets models and the sweep's task-GMP run."""
 
 import csv
 import json
@@ -18,7 +18,7 @@ ARGS = ("--models", "dense,sparse,sparse_int8", "--tasks", "sst2,tweets", "--siz
 
 
 def check(demo_dir, out, shared_data, capsys) -> None:
-    args = ARGS + ("--demo", str(demo_dir), "--out", str(out))
+    args = ("compression",) + ARGS + ("--demo", str(demo_dir), "--workdir", str(out))
     assert study_main.main(list(args)) == 0
     first = capsys.readouterr().out
     quant = qat_ranges.load(demo_dir / "4_qat" / "model")  # the QAT run's quant.json
@@ -62,10 +62,11 @@ def check(demo_dir, out, shared_data, capsys) -> None:
     readme = out / "repo" / "README.md"
     readme.write_text(f"# x\n{begin}\nold\n{end}\nrest\n")
     # a rerun skips every run and evaluation, and writes the README's section
-    assert study_main.main(list(args) + ["--readme", str(readme)]) == 0
+    assert study_main.main(list(args) + ["--doc", str(readme)]) == 0
     assert "[study] run" not in capsys.readouterr().out
     text = readme.read_text()
-    assert "old" not in text and "(docs/size_latency.png)" in text and text.endswith("rest\n")
+    assert "old" not in text and "](size_latency.png)" in text and text.endswith("rest\n")
+    assert (out / "repo" / "size_latency.png").is_file()  # the plot, next to the page
     assert "| tweets | sparse_int8 | f1 |" in text and "Sparsity sweep on sst2" in text
     again = json.loads((out / "results.json").read_text())
     assert again["run_wall_time_s"] == res["run_wall_time_s"] > 0  # every run's, not the rerun's

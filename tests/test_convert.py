@@ -266,11 +266,11 @@ def bad_dirs(tmp_path_factory):
 def test_cli_import_export_round_trip(tmp_path):
     src = random_hf_model("roberta", "cls", 3)
     src.save_pretrained(tmp_path / "hf")
-    imp = run_cli("import-hf", "--hf_dir", tmp_path / "hf", "--out", tmp_path / "ckpt")
+    imp = run_cli("import-hf", "--hf_dir", tmp_path / "hf", "--workdir", tmp_path / "ckpt")
     assert imp.wait() == 0, imp.stderr.read()
     _, cfg, task = params_ckpt.load_params(tmp_path / "ckpt")
     assert (task, cfg.model_type, cfg.num_labels) == ("cls", "roberta", 3)
-    exp = run_cli("export-hf", "--ckpt", tmp_path / "ckpt", "--out", tmp_path / "out",
+    exp = run_cli("export-hf", "--ckpt", tmp_path / "ckpt", "--workdir", tmp_path / "out",
                   "--tokenizer_dir", paths_lib.minilm_dir())
     assert exp.wait() == 0, exp.stderr.read()
     assert (tmp_path / "out" / "tokenizer.json").is_file()
@@ -294,7 +294,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(bad_dirs, tmp_path):
                         "pretraining"),
         "bad_ckpt": (["export-hf", "--ckpt", bad_dirs / "bert_base"], "not a params checkpoint"),
     }
-    procs = {name: run_cli(*args, "--out", tmp_path / name) for name, (args, _) in cases.items()}
+    procs = {name: run_cli(*args, "--workdir", tmp_path / name)
+             for name, (args, _) in cases.items()}
     for name, proc in procs.items():
         rc = proc.wait()
         lines = [l for l in proc.stderr.read().splitlines() if l.strip()]

@@ -57,26 +57,29 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     first = json.loads((tmp_path / "summary.json").read_text())
     config = f"{train_helpers.REPO / 'configs' / 'distiller_study.py'}:test"
     assert harness.main(distiller.STUDY, ["--config", config, f"--config.base_model={p.base_model}",
-                                      f"--workdir={tmp_path}", f"--readme={readme}"]) == 0
+                                          f"--workdir={tmp_path}", f"--doc={readme}"]) == 0
     text = readme.read_text()
-    assert "old" not in text and "(docs/distiller.png)" in text and md in text
-    assert text.endswith(f"{end}\n## Layout\n") and (tmp_path / "repo/docs/distiller.png").exists()
+    assert "old" not in text and "](distiller.png)" in text and md in text
+    assert "python -m prune_ofa_jax.study distiller --config" in text  # the writer's command
+    assert text.endswith(f"{end}\n## Layout\n") and (tmp_path / "repo/distiller.png").exists()
     assert (tmp_path / "shipped.csv").read_text() == (tmp_path / "meta_table.csv").read_text()
     again = json.loads((tmp_path / "summary.json").read_text())
     assert again["rows"] == first["rows"] and again["wall_time_s"] < first["wall_time_s"]
     # the cost reported is every run's, not the last invocation's
     assert again["run_wall_time_s"] == first["run_wall_time_s"] > again["wall_time_s"]
-    assert harness.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
-                                      f"--workdir={tmp_path}"]) == 2
-    assert "no such --config key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad_key:
+        harness.main(distiller.STUDY, ["--config", config, "--config.stepz=3",
+                                       f"--workdir={tmp_path}"])
+    assert bad_key.value.code == 2
+    assert "error: config.stepz: no such key" in capsys.readouterr().err
     with pytest.raises(ValueError, match="other settings"):
         p.steps += 1
         distiller.run(p, tmp_path)
 
     capsys.readouterr()
-    autodistiller.main(["recommend", "--task", "mrpc", "--top", "3", "--candidates", "8",
-                        "--table", str(tmp_path / "meta_table.csv")])
+    assert autodistiller.main(["recommend", "--task", "mrpc", "--top", "3", "--candidates", "8",
+                               "--table", str(tmp_path / "meta_table.csv")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("1. predicted")
-    autodistiller.main(["evaluate", "--table", str(tmp_path / "meta_table.csv")])
+    assert autodistiller.main(["evaluate", "--table", str(tmp_path / "meta_table.csv")]) == 0
     assert set(json.loads(capsys.readouterr().out)) == set(tasks)

@@ -47,7 +47,7 @@ def test_prepare_same_tokens_idempotent_and_safe(prepared_corpus, shared_data, t
     assert {s["split"] for s in m["shards"]} == {"train", "eval"}
     # rerun: nothing rewritten; another corpus in the same dir: refused without --overwrite
     mtimes = {p.name: p.stat().st_mtime_ns for p in prepared_corpus.iterdir()}
-    args, beam = prepare.parse(["--source", "text:wikitext2/valid.txt", "--out",
+    args, beam = prepare.parse(["--source", "text:wikitext2/valid.txt", "--workdir",
                                 str(prepared_corpus), "--seq_len", "32",
                                 "--root", str(shared_data)])
     with caplog.at_level("INFO"):

@@ -189,13 +189,13 @@ def test_extracted_submodel_equals_supernet_and_standalone(tiny_teacher, tmp_pat
     params_ckpt.save_params(tmp_path / "supernet", params, cfg, "base")
     arch = '{"layers":1,"hidden":24,"ffn":32,"qkv":24}'
     assert extract.main(["--supernet", str(tmp_path / "supernet"), "--arch", arch,
-                         "--out", str(tmp_path / "cli")]) == 0
+                         "--workdir", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "model.safetensors").exists()
     for bad in ('{"layers":3,"hidden":24,"ffn":32,"qkv":24}',   # deeper than the supernet
                 '{"layers":1,"hidden":24,"ffn":32,"qkv":36}',   # qkv > hidden
                 '{"layers":1,"hidden":24,"ffn":32}'):
         assert extract.main(["--supernet", str(tmp_path / "supernet"), "--arch", bad,
-                             "--out", str(tmp_path / "bad")]) == 2
+                             "--workdir", str(tmp_path / "bad")]) == 2
         assert not (tmp_path / "bad").exists()
     # Rewiring (sorting units before the supernet starts) preserves the function.
     rewired, perm = rewire.rewire(jax.device_get(params), cfg.num_heads)

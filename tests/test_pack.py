@@ -164,11 +164,12 @@ def test_cli_pack_unpack_export_and_int8_onnx(sparse_cls, tmp_path, capsys):
                         "--format", "csr")
     assert rc == 0 and "smaller than fp32" in out, err
     (tmp_path / "bad.pofa").write_bytes((tmp_path / "m.pofa").read_bytes()[:-9])
-    for args in (("unpack", "--packed", tmp_path / "m.pofa", "--out", tmp_path / "up"),
-                 ("export-hf", "--ckpt", tmp_path / "m.pofa", "--out", tmp_path / "hf")):
+    for args in (("unpack", "--packed", tmp_path / "m.pofa", "--workdir", tmp_path / "up"),
+                 ("export-hf", "--ckpt", tmp_path / "m.pofa", "--workdir", tmp_path / "hf")):
         rc, _, err = _cli(capsys, *args)
         assert rc == 0, err
-    rc, _, err = _cli(capsys, "unpack", "--packed", tmp_path / "bad.pofa", "--out", tmp_path / "x")
+    rc, _, err = _cli(capsys, "unpack", "--packed", tmp_path / "bad.pofa", "--workdir",
+                      tmp_path / "x")
     err = err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "truncated" in err[0], err
     assert not (tmp_path / "x").exists()

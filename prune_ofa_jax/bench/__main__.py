@@ -1,29 +1,45 @@
-"""`python -m prune_ofa_jax.bench [--config.model=minilm-l6|bert-base-uncased|bert-tiny ...]
-[--config.steps=5] [--out DIR]`: speed ratios of the Prune OFA steps, side by side in one run,
-written to DIR/bench.json (default bench_results/) and printed as a table."""
+"""Speed ratios of the Prune OFA steps, side by side in one run (also `python -m prune_ofa_jax
+bench`):
 
+  python -m prune_ofa_jax.bench [--config.model=minilm-l6|bert-base-uncased|bert-tiny ...]
+      [--config.steps=5] [--config.suite=all|kd|presets|input|inference] [--workdir DIR]
 
+Writes DIR/bench.json (default bench_results/) and prints the figures as a table. The bench
+settings are the config below (bench/settings.py), each overridden as --config.KEY=VALUE.
+"""
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import sys
 
+from absl import logging as absl_logging
+
+from prune_ofa_jax import cli
 from prune_ofa_jax.bench import core, inference
 from prune_ofa_jax.bench import input as input_bench
 from prune_ofa_jax.bench import settings
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_dict("config", settings.get_config(), "Bench settings.")
-flags.DEFINE_string("out", "bench_results", "Output directory for bench.json.")
+MODULE = "prune_ofa_jax.bench"
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every teacher save/load at INFO
-    # Two suites are benches of their own: classifier latency and the pre-training input.
-    run = {"inference": inference.run, "input": input_bench.run}.get(FLAGS.config.suite,
-                                                                     core.run)
-    run(FLAGS.config, FLAGS.out)
+def parser() -> cli.Parser:
+    p = cli.Parser(MODULE, description=__doc__)
+    p.add_config(config=settings.get_config(), lock=True)
+    p.add_workdir("output dir for bench.json (default bench_results).", required=False,
+                  default="bench_results")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def body():
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs each save/load at INFO
+        # Two suites are benches of their own: classifier latency and the pre-training input.
+        run = {"inference": inference.run, "input": input_bench.run}.get(args.config.suite,
+                                                                         core.run)
+        run(args.config, args.workdir)
+
+    return cli.run(body, verbose=args.verbose)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,32 +1,36 @@
-"""CLI: HF model dir <-> params checkpoint.
+"""Model conversion (also `python -m prune_ofa_jax convert`): HF model dir <-> params
+checkpoint <-> compressed .pofa file.
 
-  python -m prune_ofa_jax.convert import-hf --hf_dir DIR --out CKPT_DIR \
+  python -m prune_ofa_jax.convert import-hf --hf_dir DIR --workdir CKPT_DIR \
       [--task mlm|pretraining|cls|qa|base] [--num_labels N] [--init_missing_heads]
-  python -m prune_ofa_jax.convert export-hf --ckpt CKPT_DIR|model.pofa --out HF_DIR [--tokenizer_dir DIR]
+  python -m prune_ofa_jax.convert export-hf --ckpt CKPT_DIR|model.pofa --workdir HF_DIR \
+      [--tokenizer_dir DIR]
   python -m prune_ofa_jax.convert pack --ckpt CKPT_DIR --out model.pofa \
       [--format bitmask|csr|auto|dense] [--int8] [--int8_embeddings] [--fp16] [--codec zlib|none]
-  python -m prune_ofa_jax.convert unpack --packed model.pofa --out CKPT_DIR
+  python -m prune_ofa_jax.convert unpack --packed model.pofa --workdir CKPT_DIR
 
-On bad input: one "error: ..." line on stderr, exit status 2, no output dir left behind.
+--workdir is the directory written (`--out` still works there); `pack` writes one file,
+--out FILE. On bad input: one "error: ..." line on stderr, exit status 2, no output left
+behind. `python -m prune_ofa_jax.convert <command> --help` for a command's flags.
 """
 
-import argparse
 import json
-import logging
 import pathlib
 import sys
-import warnings
 
+from prune_ofa_jax import cli, errors
 from prune_ofa_jax.convert import hf, loader, pack_ckpt, params_ckpt
 
+MODULE = "prune_ofa_jax.convert"
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m prune_ofa_jax.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import-hf", help="HF PyTorch model dir -> params checkpoint")
-    imp.add_argument("--hf_dir", required=True)
-    imp.add_argument("--out", required=True)
+
+def _parser() -> cli.Parser:
+    p = cli.Parser(MODULE, description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    imp = sub.add_parser("import-hf", help="HF PyTorch model dir -> params checkpoint",
+                         description="HF PyTorch model dir -> params checkpoint.")
+    imp.add_argument("--hf_dir", required=True, help="the HF model dir (config.json + weights)")
+    imp.add_workdir("the params checkpoint dir to write")
     imp.add_argument("--task", choices=("mlm", "pretraining", "cls", "qa", "base"), default=None,
                      help="default: inferred from config.json's architectures")
     imp.add_argument("--num_labels", type=int, default=None)
@@ -34,14 +38,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="initialise task heads absent from the source instead of failing")
     imp.add_argument("--seed", type=int, default=0, help="rng seed for --init_missing_heads")
     imp.add_argument("--overwrite", action="store_true")
-    exp = sub.add_parser("export-hf", help="params checkpoint -> HF PyTorch model dir")
-    exp.add_argument("--ckpt", required=True)
-    exp.add_argument("--out", required=True)
+    exp = sub.add_parser("export-hf", help="params checkpoint (or .pofa) -> HF PyTorch model dir",
+                         description="params checkpoint (or .pofa) -> HF PyTorch model dir.")
+    exp.add_argument("--ckpt", required=True, help="a params checkpoint dir or a .pofa file")
+    exp.add_workdir("the HF model dir to write")
     exp.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from here")
     exp.add_argument("--overwrite", action="store_true")
-    pk = sub.add_parser("pack", help="params checkpoint -> compressed .pofa file")
-    pk.add_argument("--ckpt", required=True)
-    pk.add_argument("--out", required=True)
+    pk = sub.add_parser("pack", help="params checkpoint -> compressed .pofa file",
+                        description="params checkpoint -> compressed .pofa file.")
+    pk.add_argument("--ckpt", required=True, help="a params checkpoint dir")
+    pk.add_argument("--out", required=True, metavar="FILE", help="the .pofa file to write")
     pk.add_argument("--format", choices=("bitmask", "csr", "auto", "dense"), default="auto",
                     help="storage of the prunable tensors; auto: the smallest per tensor")
     pk.add_argument("--int8", action="store_true", help="Dense kernels as int8 (QAT scale)")
@@ -50,15 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--codec", choices=("zlib", "none"), default="zlib",
                     help="lossless stage per section (default zlib)")
     pk.add_argument("--overwrite", action="store_true")
-    up = sub.add_parser("unpack", help=".pofa file -> params checkpoint")
-    up.add_argument("--packed", required=True)
-    up.add_argument("--out", required=True)
+    up = sub.add_parser("unpack", help=".pofa file -> params checkpoint",
+                        description=".pofa file -> params checkpoint.")
+    up.add_argument("--packed", required=True, help="the .pofa file")
+    up.add_workdir("the params checkpoint dir to write")
     up.add_argument("--overwrite", action="store_true")
     return p
-
-
-class CliError(Exception):
-    """Bad command-line input found before any heavy import."""
 
 
 SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta")  # = models.config.MODEL_TYPES
@@ -66,30 +69,32 @@ SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta")  # = models.config.MOD
 
 def _precheck(args) -> None:
     """Cheap checks (no jax/torch import) so common mistakes fail in a blink."""
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out if args.command == "pack" else args.workdir)
     if out.exists() and not args.overwrite:
-        raise CliError(f"output dir already exists: {out} (pass --overwrite)")
+        kind = "file" if args.command == "pack" else "dir"
+        raise errors.UsageError(f"output {kind} already exists: {out} (pass --overwrite)")
     if args.command in ("export-hf", "pack"):
         ckpt = pathlib.Path(args.ckpt)
         if args.command == "export-hf" and ckpt.is_file():
             return  # a .pofa file: checked (magic, CRC) when read
         if not (ckpt / "model.json").is_file():
-            raise CliError(f"not a params checkpoint (no model.json): {args.ckpt}")
+            raise errors.UsageError(f"not a params checkpoint (no model.json): {args.ckpt}")
         return
     if args.command == "unpack":
         if not pathlib.Path(args.packed).is_file():
-            raise CliError(f"packed file not found: {args.packed}")
+            raise errors.UsageError(f"packed file not found: {args.packed}")
         return
     hf_dir = pathlib.Path(args.hf_dir)
     if not hf_dir.is_dir():
-        raise CliError(f"HF model dir not found: {hf_dir}")
+        raise errors.UsageError(f"HF model dir not found: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
-        raise CliError(f"no config.json in {hf_dir}")
+        raise errors.UsageError(f"no config.json in {hf_dir}")
     raw = json.loads((hf_dir / "config.json").read_text())
     if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise CliError(f"unsupported architecture: model_type {raw.get('model_type')!r} "
-                       f"(architectures {raw.get('architectures')}) in {hf_dir}; supported model "
-                       f"types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise errors.UsageError(
+            f"unsupported architecture: model_type {raw.get('model_type')!r} (architectures "
+            f"{raw.get('architectures')}) in {hf_dir}; supported model types: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
 def _import_hf(args) -> str:
@@ -97,14 +102,15 @@ def _import_hf(args) -> str:
     params, model_config = hf.import_hf(args.hf_dir, task, num_labels=args.num_labels,
                                         init_missing_heads=args.init_missing_heads,
                                         rng_seed=args.seed)
-    out = params_ckpt.save_params(args.out, params, model_config, task, overwrite=args.overwrite)
+    out = params_ckpt.save_params(args.workdir, params, model_config, task,
+                                  overwrite=args.overwrite)
     return f"wrote {task} params ({model_config.model_type}) to {out}"
 
 
 def _export_hf(args) -> str:
     params, model_config, task = loader.load(args.ckpt)
-    path = hf.export_hf(params, model_config, task, args.out, tokenizer_dir=args.tokenizer_dir,
-                        overwrite=args.overwrite)
+    path = hf.export_hf(params, model_config, task, args.workdir,
+                        tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite)
     return f"wrote HF {model_config.model_type} {task} model to {path}"
 
 
@@ -121,36 +127,24 @@ def _pack(args) -> str:
 
 
 def _unpack(args) -> str:
-    out = pack_ckpt.unpack_to_dir(args.packed, args.out, overwrite=args.overwrite)
+    out = pack_ckpt.unpack_to_dir(args.packed, args.workdir, overwrite=args.overwrite)
     return f"wrote params checkpoint {out}"
 
 
 COMMANDS = {"import-hf": _import_hf, "export-hf": _export_hf, "pack": _pack, "unpack": _unpack}
 
 
-def _quiet() -> None:
-    """Library chatter would drown the one-line error contract; warnings still print."""
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    import transformers  # pylint: disable=import-outside-toplevel
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body():
         _precheck(args)
-        _quiet()
-        try:
-            message = COMMANDS[args.command](args)
-        except (hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-            raise CliError(str(e)) from e
-    except CliError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print(message)
-    return 0
+        cli.quiet_libraries()
+        print(COMMANDS[args.command](args))
+
+    # the library's own errors here are bad input (a path, a model that does not fit)
+    return cli.run(body, verbose=args.verbose, user_errors=(
+        hf.ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Prepare a pre-training corpus once: text -> tokenised, chunked ArrayRecord shards (Beam).
 
     python -m prune_ofa_jax.data.prepare --source text:wikitext2/*.txt,text_gutenberg_nltk/*.txt \\
-        --tokenizer /path/to/tokenizer_dir --out /data/prepared/wiki_128 [--seq_len 128]
+        --tokenizer /path/to/tokenizer_dir --workdir /data/prepared/wiki_128 [--seq_len 128]
     python -m prune_ofa_jax.data.prepare --source tfds:wikipedia/20230601.en:train \\
-        --out gs://bucket/prepared/wiki_128 --runner=DataflowRunner --project=P \\
+        --workdir gs://bucket/prepared/wiki_128 --runner=DataflowRunner --project=P \\
         --region=us-central1 --temp_location=gs://bucket/tmp --extra_package=dist/pkg.tar.gz
 
 SOURCE: `text:GLOB[,GLOB...]` (globs under the data root; the shared folders keep their
 layouts, see `text.sources_from_globs`) or `tfds:NAME[:SPLIT]` (a TFDS text set already
 prepared as array_record, read without TensorFlow). Every flag this module does not know is a
-Beam pipeline option: by default the DirectRunner in multi-process mode with
-`--direct_num_workers=2`; `--runner=DataflowRunner|SparkRunner|FlinkRunner` runs the same
-pipeline at scale (README, "Pre-training at scale").
+Beam pipeline option (anything else is an error): by default the DirectRunner in
+multi-process mode with `--direct_num_workers=2`; `--runner=DataflowRunner|SparkRunner|
+FlinkRunner` runs the same pipeline at scale (docs: "Pre-training at scale").
 
 Stages: work items (one per text file, or a range of 2000 TFDS records), spread over the
 workers -> per item, fused in one worker: documents (sentence split), tokenised in batches
@@ -28,7 +28,6 @@ interruption rewrites the same bytes; training reads only what the manifest list
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from etils import epath
 
+from prune_ofa_jax import cli, errors
 from prune_ofa_jax.data import common, records, text, tokenization
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def work_items(source: str, root=None) -> List[tuple]:
         n = len(tfds.data_source(name, split=split or "train", download=False))
         return [("tfds", 0, name, split or "train", lo, min(lo + _TFDS_ITEM, n))
                 for lo in range(0, n, _TFDS_ITEM)]
-    raise ValueError(f"--source must be text:GLOB[,GLOB] or tfds:NAME[:SPLIT], got {source!r}")
+    raise errors.UsageError(f"--source must be text:GLOB[,GLOB] or tfds:NAME[:SPLIT], got "
+                            f"{source!r}")
 
 
 def read_item(item: tuple) -> List[Tuple[int, List[str]]]:
@@ -213,7 +214,7 @@ def run(args, beam_args: List[str]) -> dict:
     head = {"format": records.FORMAT, "tokenizer": args.tokenizer or "default (MiniLM)",
             "vocab_size": tokenization.vocab_size(tok),
             **fingerprint(items, tok, args)}
-    out = epath.Path(args.out)
+    out = epath.Path(args.workdir)
     if (out / records.MANIFEST).exists():
         old = json.loads((out / records.MANIFEST).read_text())
         if all(old.get(k) == v for k, v in head.items()):
@@ -222,7 +223,7 @@ def run(args, beam_args: List[str]) -> dict:
         if not args.overwrite:
             raise records.PreparedDataError(
                 f"{out} holds another prepared corpus ({old.get('source')}, seq_len "
-                f"{old.get('seq_len')}); pass --overwrite or choose another --out")
+                f"{old.get('seq_len')}); pass --overwrite or choose another --workdir")
         (out / records.MANIFEST).unlink()  # first: no manifest over half-replaced shards
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".tmp-*"):
@@ -239,30 +240,63 @@ def run(args, beam_args: List[str]) -> dict:
     return records.load_manifest(out)
 
 
-def parse(argv: Sequence[str]):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+MODULE = "prune_ofa_jax.data.prepare"
+
+
+def parser() -> cli.Parser:
+    ap = cli.Parser(MODULE, description=__doc__)
     ap.add_argument("--source", required=True, help="text:GLOB[,GLOB] | tfds:NAME[:SPLIT]")
     ap.add_argument("--tokenizer", default="", help="tokenizer dir ('' = MiniLM's)")
-    ap.add_argument("--out", required=True, help="output dir (local or gs://)")
+    ap.add_workdir("output dir of the prepared corpus (local or gs://)")
     ap.add_argument("--seq_len", type=int, default=128, help="training seq_len (chunk size)")
     ap.add_argument("--eval_fraction", type=float, default=0.05,
                     help="share of documents held out for the MLM eval")
     ap.add_argument("--root", default="", help="data root for text globs ('' = default)")
     ap.add_argument("--overwrite", action="store_true")
-    return ap.parse_known_args(argv)
+    return ap
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("apache_beam", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def parse(argv: Sequence[str]):
+    """(this module's args, the Beam pipeline options: every flag it does not know)."""
+    return parser().parse_known_args(argv)
+
+
+def not_beam_options(beam_args: List[str]) -> List[str]:
+    """The args that no Beam PipelineOptions class defines."""
+    if not beam_args:
+        return []
+    quiet = logging.NullHandler()  # Beam's import warns about optional GCP clients on root
+    logging.getLogger().addHandler(quiet)
+    try:
+        from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
+        beam_parser = []
+        pipeline_options.PipelineOptions([]).get_all_options(
+            add_extra_args_fn=beam_parser.append)
+    finally:
+        logging.getLogger().removeHandler(quiet)
+    return beam_parser[0].parse_known_args(beam_args)[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = parse(sys.argv[1:] if argv is None else argv)
-    t0 = time.perf_counter()
-    m = run(args, beam_args)
-    print(f"[prepare] {args.out}: {m['num_tokens']:,} tokens, {m['num_documents']:,} documents, "
-          f"{m['num_records']:,} records in {len(m['shards'])} shards "
-          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    unknown = not_beam_options(beam_args)
+    if unknown:
+        parser().error(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of this "
+                       "command nor an Apache Beam pipeline option)")
+
+    def body():
+        logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+        for noisy in ("apache_beam", "absl"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        t0 = time.perf_counter()
+        m = run(args, beam_args)
+        print(f"[prepare] {args.workdir}: {m['num_tokens']:,} tokens, {m['num_documents']:,} "
+              f"documents, {m['num_records']:,} records in {len(m['shards'])} shards "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    return cli.run(body, verbose=args.verbose, user_errors=(
+        common.DataError, records.PreparedDataError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

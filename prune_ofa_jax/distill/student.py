@@ -1,6 +1,6 @@
 """A shallower student initialised from some of a teacher's layers (DistilBERT / PKD style):
 
-  python -m prune_ofa_jax.distill.student --source MODEL --layers 1,3,5 --out DIR
+  python -m prune_ofa_jax.distill.student --source MODEL --layers 1,3,5 --workdir DIR
 
 MODEL is an HF dir or one of our params checkpoints; DIR a params checkpoint with the
 embeddings, the listed encoder layers (0-based, in order) renumbered 0..k-1, the pooler and
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 from typing import Sequence
 
 import jax
 
-from prune_ofa_jax import paths
+from prune_ofa_jax import cli, paths
 from prune_ofa_jax.convert import loader, params_ckpt
 from prune_ofa_jax.models import config as model_config
 
@@ -45,15 +46,27 @@ def make(source: str, layers: Sequence[int], out, task: str = "base") -> pathlib
     return params_ckpt.save_params(out, params, mcfg, src_task)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _layers(text: str) -> list:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"want comma-separated layer indices, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    p = cli.Parser("prune_ofa_jax.distill.student", description=__doc__)
     p.add_argument("--source", default="", help="HF dir or params ckpt (default: MiniLM-L6)")
-    p.add_argument("--layers", default="1,3,5", help="0-based source layers, in order")
-    p.add_argument("--out", required=True)
+    p.add_argument("--layers", default="1,3,5", type=_layers,
+                   help="0-based source layers, in order (default 1,3,5)")
+    p.add_workdir("the student's params checkpoint dir to write")
     args = p.parse_args(argv)
-    src = args.source or str(paths.minilm_dir())
-    print(make(src, [int(x) for x in args.layers.split(",")], args.out))
+
+    def body():
+        print(make(args.source or str(paths.minilm_dir()), args.layers, args.workdir))
+
+    return cli.run(body, verbose=args.verbose, user_errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,7 @@ is what the regressor says about a dataset it has not seen (leave-one-task-out).
   python -m prune_ofa_jax.kdsearch.autodistiller recommend --task mrpc [--table CSV] [--top 5]
   python -m prune_ofa_jax.kdsearch.autodistiller evaluate [--table CSV]     (leave-one-task-out)
 
-The default table is the meta-table our study produced (distill/meta_table.csv).
+The default table is the meta-table our study produced (kdsearch/meta_table.csv).
 Dataset meta-features: log10 training rows, number of labels, mean tokens per row, sentence
 pair or not, the teacher's dev score, and a small embedding of the data by the teacher (its
 mean-pooled last hidden states over 256 training rows: a fixed random projection of their
@@ -16,14 +16,15 @@ mean to 4 numbers, and their mean pairwise cosine similarity).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
 
+from prune_ofa_jax import cli, errors
 from prune_ofa_jax.convert import loader
 from prune_ofa_jax.distill import mi
 from prune_ofa_jax.kdsearch import candidates, random_search, runs
@@ -156,37 +157,55 @@ def leave_one_task_out(rows: list, seed: int = 0) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    rec = sub.add_parser("recommend", help="rank candidate pipelines for a task")
+MODULE = "prune_ofa_jax.kdsearch.autodistiller"
+
+
+def _parser() -> cli.Parser:
+    ap = cli.Parser(MODULE, description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    rec = sub.add_parser("recommend", help="rank candidate pipelines for a task",
+                         description="Rank candidate pipelines for a task.")
     rec.add_argument("--task", required=True)
     rec.add_argument("--top", type=int, default=5)
     rec.add_argument("--candidates", type=int, default=256)
     rec.add_argument("--meta", default="", help="meta_<task>.json of a task not in the table "
                      "(the search writes it into its workdir)")
-    ev = sub.add_parser("evaluate", help="leave-one-task-out evaluation of the table")
+    ev = sub.add_parser("evaluate", help="leave-one-task-out evaluation of the table",
+                        description="Leave-one-task-out evaluation of the table.")
     for p in (rec, ev):
-        p.add_argument("--table", default=str(TABLE))
-    args = ap.parse_args(argv)
-    rows = read_table(args.table)
-    if args.cmd == "evaluate":
-        print(json.dumps(leave_one_task_out(rows), indent=2))
-        return
+        p.add_argument("--table", default=str(TABLE), help="the meta-table (CSV)")
+    return ap
+
+
+def _meta(args, rows) -> dict:
     if args.meta:
-        meta = json.loads(pathlib.Path(args.meta).read_text())
-    else:
-        try:
-            meta = meta_of(rows, args.task)
-        except KeyError:
-            raise SystemExit(
-                f"--task {args.task}: {args.table} has no meta-features for it; pass --meta "
-                f"meta_{args.task}.json (`python -m prune_ofa_jax.kdsearch.random_search --task "
-                f"{args.task} --budget 1` prepares the teacher and writes it)") from None
-    for rank, (pred, pipe) in enumerate(recommend(rows, args.task, meta, args.candidates)[
-            :args.top], 1):
-        print(f"{rank}. predicted {pred:.3f} of the teacher: {json.dumps(pipe)}")
+        return json.loads(pathlib.Path(args.meta).read_text())
+    try:
+        return meta_of(rows, args.task)
+    except KeyError:
+        raise errors.UsageError(
+            f"--task {args.task}: {args.table} has no meta-features for it; pass --meta "
+            f"meta_{args.task}.json (`python -m prune_ofa_jax.kdsearch.random_search --task "
+            f"{args.task} --budget 1` prepares the teacher and writes it)") from None
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+
+    def body():
+        if not pathlib.Path(args.table).is_file():
+            raise errors.UsageError(f"--table {args.table}: no such file")
+        rows = read_table(args.table)
+        if args.cmd == "evaluate":
+            print(json.dumps(leave_one_task_out(rows), indent=2))
+            return
+        meta = _meta(args, rows)
+        for rank, (pred, pipe) in enumerate(
+                recommend(rows, args.task, meta, args.candidates)[:args.top], 1):
+            print(f"{rank}. predicted {pred:.3f} of the teacher: {json.dumps(pipe)}")
+
+    return cli.run(body, verbose=args.verbose, user_errors=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,16 @@
-"""KD-pipeline search: N pipelines drawn from the space (distill/pipelines.py: logit loss,
+"""KD-pipeline search: N pipelines drawn from the space (kdsearch/candidates.py: logit loss,
 intermediate objective, layer map, features, augmentation, weights), each a short student
 run; every run goes to a results table and the best one to best_config.json.
 
-  python -m prune_ofa_jax.kdsearch.random_search --task mrpc --budget N [--workdir DIR] [--seed 0]
-      [--size test]
+  python -m prune_ofa_jax.kdsearch.random_search --task mrpc --budget N [--workdir DIR]
+      [--seed 0] [--size test]
+
+TASK: sst2, mrpc or tweets; `--size test` (a few steps per run, for the suite) has mrpc and
+tweets only.
 
 Before the first pipeline it prepares (or reuses, in DIR) the task teacher (MiniLM-L6
 fine-tuned), the student's initialisation (MiniLM layers {1, 3, 5}) and the masked LM for
-contextual augmentation (distill/runs.py). Writes DIR/results.jsonl, DIR/results.csv (one row
+contextual augmentation (kdsearch/runs.py). Writes DIR/results.jsonl, DIR/results.csv (one row
 per run: task, pipeline, score, teacher score, ratio, dataset meta-features) and
 DIR/best_config.json (the best pipeline and the --config flags that rerun it). Rerunning the
 command skips finished runs, resumes an interrupted one, and a larger N adds runs.
@@ -15,17 +18,17 @@ command skips finished runs, resumes an interrupted one, and a larger N adds run
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import pathlib
+import sys
 import time
 import zlib
 
 import numpy as np
 
-from prune_ofa_jax import config_base, jsonio, logs
+from prune_ofa_jax import cli, config_base, errors, jsonio, logs
 from prune_ofa_jax.kdsearch import autodistiller, candidates, runs
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,8 @@ def search(p, task: str, budget: int, root: pathlib.Path, seed: int = 0, dirs=No
     the prepared teacher, student init and MLM and the task's meta-features (prepared in
     `root` when not given); the runs go to `runs_root` (default `root`)."""
     if task not in p.tasks:
-        raise ValueError(f"--task {task!r}: the search knows {sorted(p.tasks)} (distill/runs.py)")
+        raise errors.UsageError(f"--task {task}: the search at this size knows "
+                                f"{', '.join(sorted(p.tasks))} (kdsearch/runs.py)")
     root.mkdir(parents=True, exist_ok=True)
     runs_root = runs_root or root
     dirs = dirs or runs.prepare(p, root, task)
@@ -113,26 +117,42 @@ def search(p, task: str, budget: int, root: pathlib.Path, seed: int = 0, dirs=No
     return rows
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", required=True, help="sst2 | mrpc | tweets")
+MODULE = "prune_ofa_jax.kdsearch.random_search"
+SIZES = ("", "test")
+
+
+def main(argv=None) -> int:
+    ap = cli.Parser(MODULE, description=__doc__)
+    ap.add_argument("--task", required=True, choices=sorted(runs.METRIC),
+                    help="the task to search (--size test: mrpc or tweets)")
     ap.add_argument("--budget", type=int, required=True, help="number of pipelines to run")
-    ap.add_argument("--workdir", default="", help="default: runs/search_<task>")
+    ap.add_workdir("output dir: the prepared runs, one dir per pipeline, results.csv, "
+                   "best_config.json, log.txt (default runs/search_TASK)", required=False,
+                   old=())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", default="", help="'' or 'test' (a few steps per run)")
+    ap.add_argument("--size", default="", choices=SIZES, metavar="SIZE",
+                    help="'' (default: the study's sizes) or test (a few steps per run)")
     args = ap.parse_args(argv)
     if args.budget < 1:
-        ap.error("--budget must be >= 1")
-    logs.setup_console(verbose=False)
+        ap.error(f"--budget {args.budget}: must be >= 1")
+    p = runs.settings(args.size)
+    if args.task not in p.tasks:
+        size = args.size or "''"
+        ap.error(f"--task {args.task}: --size {size} has {', '.join(sorted(p.tasks))} only")
     root = pathlib.Path(args.workdir or f"runs/search_{args.task}")
-    t0 = time.time()
-    with logs.to_file(root):
-        rows = search(runs.settings(args.size), args.task, args.budget, root, args.seed)
-    best = json.loads((root / "best_config.json").read_text())
-    print(f"[search] {len(rows)} runs in {time.time() - t0:.0f} s; table {root}/results.csv; "
-          f"best {best['run']}: {best['score']:.4f} ({best['ratio']:.3f} of the teacher)\n"
-          f"  {' '.join(best['flags'])}", flush=True)
+
+    def body():
+        logs.setup_console(verbose=args.verbose)
+        t0 = time.time()
+        with logs.to_file(root):
+            rows = search(p, args.task, args.budget, root, args.seed)
+        best = json.loads((root / "best_config.json").read_text())
+        print(f"[search] {len(rows)} runs in {time.time() - t0:.0f} s; table {root}/results.csv;"
+              f" best {best['run']}: {best['score']:.4f} ({best['ratio']:.3f} of the teacher)\n"
+              f"  {' '.join(best['flags'])}", flush=True)
+
+    return cli.run(body, workdir=root, verbose=args.verbose)
 
 
 if __name__ == "__main__":
-        main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Extract a sub-model of the supernet as a plain dense Hugging Face BERT checkpoint.
 
   python -m prune_ofa_jax.nas.extract --supernet CKPT \
-      --arch '{"layers":3,"hidden":256,"ffn":512,"qkv":192}' --out DIR [--tokenizer_dir DIR]
+      --arch '{"layers":3,"hidden":256,"ffn":512,"qkv":192}' --workdir DIR [--tokenizer_dir DIR]
 
 CKPT: the supernet's params checkpoint (WORKDIR/model of the supernet stage; model.json) or
 any HF BERT dir of the supernet's shape (e.g. MiniLM itself: "MiniLM's first k layers").
@@ -23,7 +23,6 @@ On bad input: one "error: ..." line on stderr, exit status 2, no output dir left
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -32,8 +31,7 @@ import sys
 import jax
 import numpy as np
 
-from prune_ofa_jax import paths
-from prune_ofa_jax.convert import __main__ as convert_cli
+from prune_ofa_jax import cli, errors, paths
 from prune_ofa_jax.convert import hf
 from prune_ofa_jax.nas import elastic, space, supernet
 
@@ -119,46 +117,47 @@ def hf_config_of(teacher_cfg, arch):
                                num_heads=n_hf, intermediate_size=arch.ffn)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m prune_ofa_jax.nas.extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> cli.Parser:
+    p = cli.Parser("prune_ofa_jax.nas.extract", description=__doc__)
     p.add_argument("--supernet", required=True, help="supernet params checkpoint or HF dir")
     p.add_argument("--arch", required=True, help='JSON: {"layers":..,"hidden":..,"ffn":..,'
                    '"qkv":..}')
-    p.add_argument("--out", required=True)
+    p.add_workdir("the HF model dir to write")
     p.add_argument("--tokenizer_dir", default=None,
                    help="copy tokenizer files from here (default: MiniLM's)")
     p.add_argument("--overwrite", action="store_true")
     return p
 
 
+def _precheck(args):
+    """The arch and the paths, checked before anything loads; returns the arch."""
+    try:
+        arch = space.Arch.parse(args.arch)
+    except (ValueError, TypeError) as e:
+        raise errors.UsageError(f"--arch: {e}") from e
+    src = pathlib.Path(args.supernet)
+    if not ((src / "model.json").is_file() or (src / "config.json").is_file()):
+        raise errors.UsageError(f"--supernet {src}: neither a params checkpoint (model.json) "
+                                "nor a Hugging Face dir (config.json)")
+    if pathlib.Path(args.workdir).exists() and not args.overwrite:
+        raise errors.UsageError(f"output dir already exists: {args.workdir} (pass --overwrite)")
+    return arch
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        try:
-            arch = space.Arch.parse(args.arch)
-        except (ValueError, TypeError) as e:
-            raise convert_cli.CliError(f"--arch: {e}") from e
-        src = pathlib.Path(args.supernet)
-        if not ((src / "model.json").is_file() or (src / "config.json").is_file()):
-            raise convert_cli.CliError(f"--supernet {src}: neither a params checkpoint "
-                                       "(model.json) nor a Hugging Face dir (config.json)")
-        if pathlib.Path(args.out).exists() and not args.overwrite:
-            raise convert_cli.CliError(f"output dir already exists: {args.out} "
-                                       "(pass --overwrite)")
-        convert_cli._quiet()  # pylint: disable=protected-access
-        try:
-            params, cfg = supernet.load_teacher(str(src))
-            out = extract(params, cfg, arch, args.out,
-                          tokenizer_dir=args.tokenizer_dir or paths.minilm_dir(),
-                          overwrite=args.overwrite, source=str(src))
-        except (hf.ConversionError, FileNotFoundError, ValueError) as e:
-            raise convert_cli.CliError(str(e)) from e
-    except convert_cli.CliError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print(f"wrote {arch.key()} ({cfg.num_layers}-layer supernet -> plain HF BERT) to {out}")
-    return 0
+
+    def body():
+        arch = _precheck(args)
+        cli.quiet_libraries()
+        params, cfg = supernet.load_teacher(args.supernet)
+        out = extract(params, cfg, arch, args.workdir,
+                      tokenizer_dir=args.tokenizer_dir or paths.minilm_dir(),
+                      overwrite=args.overwrite, source=args.supernet)
+        print(f"wrote {arch.key()} ({cfg.num_layers}-layer supernet -> plain HF BERT) to {out}")
+
+    return cli.run(body, verbose=args.verbose,
+                   user_errors=(hf.ConversionError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,34 @@
-"""Runs the compression study (python -m prune_ofa_jax.study): the training runs, then the
-evaluations, sizes and latencies, each cached in OUT/ as JSON so a rerun skips them, then the
-report (study/compress_report.py)."""
+"""What compression costs beyond accuracy, measured on the demo's models:
+
+  python -m prune_ofa_jax.study compression --workdir DIR [--demo runs/demo] \
+      [--models dense,sparse,sparse_int8] [--tasks sst2,mrpc,tweets] [--size test] [--doc]
+
+Per model and task (training runs: study/compress_plan.py): the headline metric, per-class
+precision/recall/F1 and the confusion matrix, ECE (15 bins) and a reliability diagram, the
+metric under seeded typos in 5/10/20 % of words, the size on disk of the .pofa file, latency
+(batch 1 and 32, seq 128), and a sparsity sweep (pruning before vs after fine-tuning) on
+--sweep_task. Every model is evaluated as deployed: ONNX in onnxruntime, int8 for the QAT
+models. Writes DIR/report.md, DIR/*.png, DIR/results.json and Kaggle predictions for the
+tweets models (DIR/kaggle/); the training runs, evaluations, sizes and latencies are each
+cached in DIR as JSON, so a rerun skips them. --doc writes the headline table and the
+size/latency plot into docs/studies/compression.md.
+`--size test`: the demo's `:test` settings (tiny steps), for the suite.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import time
 
-from prune_ofa_jax import jsonio
+from prune_ofa_jax import errors, jsonio, paths
 from prune_ofa_jax.data import tokenization
-from prune_ofa_jax.study import compress_eval, compress_plan, compress_report, cost, tweets
+from prune_ofa_jax.study import (compress_eval, compress_plan, compress_report, cost, harness,
+                                 tweets)
 from prune_ofa_jax.train import loop
 
+TASKS = ("sst2", "mrpc", "tweets")
 HEADLINE_KEY = {"sst2": "accuracy", "mrpc": "f1", "tweets": "f1"}
 
 
@@ -95,3 +111,70 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
     report = compress_report.write(summary, out)
     return {"report": str(report), "table": compress_report.table_rows(summary),
             "summary": summary}
+
+
+# --- the command line (python -m prune_ofa_jax.study compression) ---------------------------
+
+def add_flags(ap) -> None:
+    ap.add_argument("--models", default="dense,sparse,sparse_int8",
+                    help="the demo's rows to measure (default dense,sparse,sparse_int8)")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="of sst2, mrpc, tweets")
+    ap.add_argument("--demo", default="runs/demo", help="the demo's workdir (its models)")
+    ap.add_argument("--size", default="", choices=("", "test"),
+                    help="'test': the demo's :test settings (tiny steps)")
+    ap.add_argument("--sweep_task", default="sst2", choices=TASKS)
+    ap.add_argument("--sweep_levels", default="0,0.5,0.7,0.8,0.9,0.95")
+    ap.add_argument("--latency_batches", default="1,32")
+    ap.add_argument("--latency_seq_len", type=int, default=128)
+    ap.add_argument("--latency_budget_s", type=float, default=25.0,
+                    help="timed seconds per model and batch size")
+
+
+def settings(args):
+    """The flags, checked before anything runs (errors.UsageError)."""
+    demo = pathlib.Path(args.demo)
+    for need in ("1_teacher/model/model.json", "2_prune/model/model.json"):
+        if not (demo / need).is_file():
+            arg = ":test" if args.size else ""
+            raise errors.UsageError(
+                f"--demo {demo}: no {need}; run the demo first: python -m prune_ofa_jax.main "
+                f"--config configs/demo.py{arg} --workdir {demo}")
+    for task in args.tasks.split(","):
+        if task not in TASKS:
+            raise errors.UsageError(f"--tasks: unknown task {task!r} ({', '.join(TASKS)})")
+    return args
+
+
+def demo_pipeline(size: str):
+    """configs/demo.py's pipeline settings (the study trains like the demo)."""
+    spec = importlib.util.spec_from_file_location("demo_config", paths.recipe("demo"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(size).pipeline
+
+
+def run_study(args, workdir) -> dict:
+    t0 = time.time()
+    res = run(demo_pipeline(args.size), pathlib.Path(args.demo), pathlib.Path(workdir),
+              [m for m in args.models.split(",") if m], [t for t in args.tasks.split(",") if t],
+              args.sweep_task, [float(x) for x in args.sweep_levels.split(",") if x],
+              [int(b) for b in args.latency_batches.split(",") if b], args.latency_seq_len,
+              args.latency_budget_s, test=args.size == "test")
+    _say(f"done in {time.time() - t0:.0f} s: {res['report']}")
+    print(json.dumps(res["table"], indent=1)[:4000])
+    return res
+
+
+def markdown(res: dict) -> str:
+    return (compress_report.headline(res["summary"]) + "\nThe rest (per class, robustness, "
+            "latency, calibration and three more plots): the study's report.md.\n")
+
+
+def describe(args) -> str:
+    size = " --size test" if args.size else ""
+    return f"--models {args.models} --tasks {args.tasks} --demo DEMO{size}"
+
+
+STUDY = harness.Study(name="compression", marker="compress", plot="size_latency.png",
+                      run=run_study, markdown=markdown, alt="size and latency", doc=__doc__,
+                      add_flags=add_flags, settings=settings, describe=describe)

@@ -1,7 +1,7 @@
 """The Distiller study (He et al. 2021) at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.distiller --workdir runs/distiller [--readme README.md]
-  python -m prune_ofa_jax.study.distiller --workdir DIR --config configs/distiller_study.py:test
+  python -m prune_ofa_jax.study distiller --workdir runs/distiller [--doc]
+  python -m prune_ofa_jax.study distiller --workdir DIR --config configs/distiller_study.py:test
 
 Teacher: MiniLM-L6 fine-tuned per task. Student: 3 layers initialised from MiniLM's layers
 {1, 3, 5}. Tasks: SST-2 (a 6,000-row train subset), MRPC, disaster tweets (STS-B and RTE are
@@ -16,8 +16,8 @@ before (distill/pipelines.py FIXED):
               tasks' rows only (the fixed rows and `search_budget` searched pipelines each).
 Every run is an ordinary training run (distill/runs.py) in WORKDIR/<name>; rerunning the
 command skips finished runs. WORKDIR/summary.json, table.md, distiller.png and
-meta_table.csv hold the result; --readme rewrites the README's section and ships the
-meta-table into the package (distill/meta_table.csv).
+meta_table.csv hold the result; --doc writes them into docs/studies/distiller.md and ships
+the meta-table into the package (kdsearch/meta_table.csv).
 """
 
 from __future__ import annotations
@@ -107,13 +107,19 @@ def run(p, workdir) -> dict:
 
 
 def _ship_meta_table(workdir) -> None:
-    """With --readme, the meta-table AutoDistiller recommends from ships in the package."""
+    """With --doc, the meta-table AutoDistiller recommends from ships in the package."""
     shutil.copyfile(pathlib.Path(workdir) / "meta_table.csv", autodistiller.TABLE)
     _say(f"meta-table -> {autodistiller.TABLE}")
 
 
-STUDY = harness.Study("distiller", "prune_ofa_jax.study.distiller", "configs/distiller_study.py",
-                  run, distiller_report.markdown, "Distiller study", _ship_meta_table)
+STUDY = harness.Study(name="distiller", marker="distiller", plot="distiller.png", run=run,
+                      markdown=distiller_report.markdown, alt="Distiller study", doc=__doc__,
+                      config="configs/distiller_study.py", on_doc=_ship_meta_table)
+
+
+def main(argv=None) -> int:
+    return harness.main(STUDY, argv)
+
 
 if __name__ == "__main__":
-    sys.exit(harness.main(STUDY))
+    sys.exit(main())

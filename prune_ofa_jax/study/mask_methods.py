@@ -1,7 +1,7 @@
 """Mask-learning methods compared on one protocol (issue 13), at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.mask_methods --workdir runs/masks [--readme README.md]
-  python -m prune_ofa_jax.study.mask_methods --config configs/masks.py:test --workdir DIR  (suite)
+  python -m prune_ofa_jax.study masks --workdir runs/masks [--doc]
+  python -m prune_ofa_jax.study masks --config configs/masks.py:test --workdir DIR   (suite)
 
 The real MiniLM-L6 fine-tuned on SST-2 and MRPC (the shared GLUE data; STS-B and MNLI, the
 paper's other tasks, are not available offline), 2 seeds, each sparse row at 50 % and 90 %
@@ -18,7 +18,8 @@ embeddings). Rows, every one an ordinary fine-tuning run (train/loop.py) of the 
 Frozen-encoder rows use the paper's layer-mix head (models/heads.py; over mean-pooled
 tokens, see `frozen_head`), the others the standard one. A finished run (report.json) is skipped and its checkpoints deleted (its
 report and final model stay); an interrupted one resumes: rerunning the command continues
-the study. WORKDIR/summary.json, table.md and masks.png hold the result.
+the study. WORKDIR/summary.json, table.md and masks.png hold the result; --doc writes them
+into docs/studies/masks.md.
 """
 
 from __future__ import annotations
@@ -160,8 +161,14 @@ def run(p, workdir) -> dict:
     return summary
 
 
-STUDY = harness.Study("masks", "prune_ofa_jax.study.mask_methods", "configs/masks.py", run,
-                  mask_methods_report.markdown, "mask methods")
+STUDY = harness.Study(name="masks", marker="masks", plot="masks.png", run=run,
+                      markdown=mask_methods_report.markdown, alt="mask methods", doc=__doc__,
+                      config="configs/masks.py")
+
+
+def main(argv=None) -> int:
+    return harness.main(STUDY, argv)
+
 
 if __name__ == "__main__":
-    sys.exit(harness.main(STUDY))
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """The paper's claim as a comparison, at a scale two CPU cores can run:
 
-  python -m prune_ofa_jax.study.reproduce --workdir runs/reproduce [--readme README.md]
-  python -m prune_ofa_jax.study.reproduce --workdir DIR --config.size=test   (the suite's)
+  python -m prune_ofa_jax.study reproduce --workdir runs/reproduce [--doc]
+  python -m prune_ofa_jax.study reproduce --workdir DIR --config configs/reproduce.py:test
 
 Dense model: the real MiniLM-L6 after teacher preparation (fresh MLM/NSP heads), shared by
 every row. Upstream: the shared English text. Rows, each on SST-2, MRPC and the SQuAD train
@@ -16,7 +16,7 @@ subset, for every seed:
 Fine-tunes use no task teacher (every row alike). Each run is an ordinary training run
 (train/loop.py) in WORKDIR/<name>; a finished run (report.json) is skipped and an interrupted
 one resumes, so rerunning the command continues the study. WORKDIR/summary.json, table.md
-and reproduce.png hold the result; --readme rewrites the README's study section.
+and reproduce.png hold the result; --doc writes them into docs/studies/reproduce.md.
 """
 
 from __future__ import annotations
@@ -167,8 +167,14 @@ def run(p, workdir) -> dict:
     return summary
 
 
-STUDY = harness.Study("reproduce", "prune_ofa_jax.study.reproduce", "configs/reproduce.py", run,
-                  reproduce_report.markdown, "retention per task")
+STUDY = harness.Study(name="reproduce", marker="reproduce", plot="reproduce.png", run=run,
+                      markdown=reproduce_report.markdown, alt="retention per task", doc=__doc__,
+                      config="configs/reproduce.py")
+
+
+def main(argv=None) -> int:
+    return harness.main(STUDY, argv)
+
 
 if __name__ == "__main__":
-    sys.exit(harness.main(STUDY))
+    sys.exit(main())

@@ -3,11 +3,11 @@
   python -m prune_ofa_jax.study.tweets --model RUN/model --out submission.csv [--seq_len 64]
 
 Writes `id,target` rows (the competition's submission format), one per test tweet, in the
-file's order. The model runs as deployed (ONNX, int8 when it holds QAT ranges)."""
+file's order: --out is that one file. The model runs as deployed (ONNX, int8 when it holds
+QAT ranges)."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import pathlib
@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from prune_ofa_jax import paths
+from prune_ofa_jax import cli, paths
 from prune_ofa_jax.data import common, disaster_tweets, tokenization
 from prune_ofa_jax.runtime import ort
 from prune_ofa_jax.study import compress_eval
@@ -53,19 +53,21 @@ def write_predictions(model_dir, out, seq_len: int = 64, data_root: str = "",
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prune_ofa_jax.study.tweets",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser("prune_ofa_jax.study.tweets", description=__doc__)
     ap.add_argument("--model", required=True, help="a trained cls model dir (RUN/model)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, metavar="FILE", help="the submission CSV to write")
     ap.add_argument("--seq_len", type=int, default=64)
     ap.add_argument("--tokenizer", default=None, help="default: MiniLM's WordPiece")
     args = ap.parse_args(argv)
-    tok = tokenization.load_tokenizer(args.tokenizer)
-    r = write_predictions(args.model, args.out, args.seq_len, tokenizer=tok)
-    print(f"wrote {r['file']}: {r['rows']} predictions, {100 * r['positive_rate']:.1f} % "
-          "positive")
-    return 0
+
+    def body():
+        tok = tokenization.load_tokenizer(args.tokenizer)
+        r = write_predictions(args.model, args.out, args.seq_len, tokenizer=tok)
+        print(f"wrote {r['file']}: {r['rows']} predictions, {100 * r['positive_rate']:.1f} % "
+              "positive")
+
+    return cli.run(body, verbose=args.verbose, user_errors=(common.DataError,
+                                                             FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import pathlib
@@ -155,14 +156,17 @@ def log_dir(workdir) -> pathlib.Path:
     return LOCAL_LOGS / str(workdir).replace("://", "_").replace("/", "_")
 
 
-def run(config, workdir, build_fn=None) -> dict:
+def run(config, workdir, build_fn=None, **build_options) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json).
 
-    build_fn: config -> Run (default `train.build.build`). A capability with a step of its
-    own (the NAS supernet, nas/supernet.py) passes its builder. What the loop reads of a Run:
-    config, mesh, model_config, state, step_fn, teacher, teacher_params, method (for the
-    checkpoint signature and the console), evaluate(state, data) -> metrics and saved_task
-    (the task recorded with the final params)."""
+    build_options: passed to the builder, e.g. `method=` (a pruning Method built in the
+    caller's code) and `loss_terms=` (objectives.LossTerm's added to the objective) for
+    `train.build.build`. build_fn: (config, **build_options) -> Run (default
+    `train.build.build`); a capability with a step of its own (the NAS supernet,
+    nas/supernet.py) passes its builder. What the loop reads of a Run: config, mesh,
+    model_config, state, step_fn, teacher, teacher_params, method (for the checkpoint
+    signature and the console), evaluate(state, data) -> metrics and saved_task (the task
+    recorded with the final params)."""
     mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
     config = presets.resolve(config)
     validate_lib.validate(config)
@@ -172,7 +176,11 @@ def run(config, workdir, build_fn=None) -> dict:
     name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
     with logs.to_file(logdir, name), _sigterm_flag() as sigterm:
         try:
-            return _run(config, workdir, sigterm, build_fn or build_lib.build)
+            builder = functools.partial(build_fn or build_lib.build, **build_options)
+            return _run(config, workdir, sigterm, builder)
+        except Exception as e:  # why the run stopped, in log.txt (the console: the CLI's line)
+            log.error("run stopped: %s", e, exc_info=True, extra=logs.FILE_ONLY)
+            raise
         finally:
             if str(logdir) != str(workdir) and jax.process_index() == 0:
                 for f in ("log.txt", "metrics.jsonl"):
