@@ -3,7 +3,9 @@
 Tasks: "mlm" (masked LM, decoder tied to the word embeddings), "pretraining" (MLM + NSP, as
 BertForPreTraining; BERT only), "cls" (sequence classification; regression when
 num_labels == 1), "qa" (span QA), "base" (encoder, plus pooler where HF's *Model has one).
-Param tree naming is fixed by CONTRACTS.md; the HF converter relies on it.
+The param tree's names ("backbone/encoder/layer_3/ffn/output/kernel", ...) are fixed by the
+HF name map in convert/hf_names.py, which maps each of them to one Hugging Face state-dict
+key: renaming a submodule here breaks import and export until that map follows.
 """
 
 from typing import Any, Callable, Optional
@@ -62,7 +64,12 @@ class Backbone(nn.Module):
 
 
 class BertFamily(nn.Module):
-    """Encoder + task head. See CONTRACTS.md for the call signature and output keys.
+    """Encoder + task head.
+
+    Output keys (a dict): "last_hidden_state" always; "mlm_logits" (mlm, pretraining;
+    "mlm_hidden"/"mlm_table"/"mlm_bias" instead with `mlm_hidden=True`), "nsp_logits"
+    (pretraining), "logits" (cls), "start_logits"/"end_logits" (qa), "pooler_output" (base,
+    where the family has a pooler); "hidden_states"/"attentions" when asked for.
 
     Attributes:
       config: ModelConfig (family, sizes, compute dtype).
