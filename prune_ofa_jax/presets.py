@@ -9,7 +9,7 @@ it once before validation; `build.build` calls it too (a no-op on a resolved con
 - "reference": the official scripts (KD on every token, dense latent weights with masks in the
   forward, 512-token upstream, Adam eps 1e-8, Q8BERT-style QAT).
 - "fast": the same, but KD at the masked positions only, hard-zero pruning, 128 tokens.
-- "" (none): config_base's own defaults, as before presets existed (teacher_prep, the demo).
+- "" (none): config_base's own defaults (teacher_prep, the demo).
 
 `resolve_steps(config, sources)` turns `train.epochs` into `train.steps` once the data is
 built (the LR schedule needs the total), and `optim.warmup_fraction` into warmup steps.
@@ -49,7 +49,7 @@ UPSTREAM_SEQ_LEN = {REFERENCE: 512, FAST: 128, NONE: 128}  # MLM tasks; others g
 DEFAULT_SEQ_LEN = 128
 MASK_RATE = 0.15          # BERT masks 15 % of the tokens
 MIN_MASK_RATE = 0.10      # an explicit max_predictions below this silently masks less
-LEGACY_MAX_PREDICTIONS = 20  # preset "": config_base's fixed default before presets
+LEGACY_MAX_PREDICTIONS = 20  # preset "": a fixed number of masked positions per sequence
 KD_WITH_TEACHER = 0.5     # paper presets: 0.5 * task + 0.5 * T^2 KL when teacher.path is set
 
 

@@ -45,7 +45,7 @@ def _every_stage_wrote_its_report_and_model(demo):
         assert (run / stage / "model" / "model.json").exists()
         assert (run / stage / "metrics.jsonl").stat().st_size > 0
     assert jsonio.loads_strict((run / "summary.json").read_text())["rows"] == summary["rows"]
-    # a dense model has no prunable tensor: its sparsity is undefined, null (was NaN)
+    # a dense model has no prunable tensor: its sparsity is undefined: null, never NaN
     dense = jsonio.loads_strict((run / "3_finetune_dense" / "report.json").read_text())
     assert dense["sparsity"]["global"] is None
     assert (run / "log.txt").stat().st_size > 0 and (run / "2_prune" / "log.txt").exists()

@@ -1,4 +1,4 @@
-"""Mask-learning methods compared on one protocol (issue 13), at a scale two CPU cores can run:
+"""Mask-learning methods compared on one protocol, at a scale two CPU cores can run:
 
   python -m prune_ofa_jax.study masks --workdir runs/masks [--doc]
   python -m prune_ofa_jax.study masks --config configs/masks.py:test --workdir DIR   (suite)
