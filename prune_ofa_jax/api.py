@@ -39,8 +39,6 @@ LossTerm = objectives.LossTerm      # a term of your own: LossTerm(name, fn, wei
 Method = methods.Method             # the pruning-method interface (sparsity/methods/base.py)
 register_method = methods.register  # @register_method("name"): --config.sparsity.method=name
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
@@ -116,16 +114,19 @@ class Model:
 def load(path, *, task: Optional[str] = None, num_labels: Optional[int] = None,
          tokenizer=None) -> Model:
     """The model at `path` (a run's model/ params checkpoint, a Hugging Face dir or a packed
-    .pofa file; convert/loader.py) with its tokenizer: `tokenizer` (a dir) if given, else
-    the model dir's own tokenizer files, else MiniLM's uncased BERT vocabulary. `task` and
-    `num_labels` matter only for an HF dir (default: what its config.json says)."""
+    .pofa file; convert/loader.py) with its tokenizer, by data/tokenization.py's rule:
+    `tokenizer` (a dir) if given, else the model dir's own tokenizer files, else MiniLM's
+    uncased BERT vocabulary when the model has it, else a UserError; one whose vocabulary
+    size or pad id disagree with the model is refused. `task` and `num_labels` matter only
+    for an HF dir (default: what its config.json says)."""
     params, mcfg, task = loader.load(path, task, num_labels)
-    if tokenizer is None:
-        here = epath.Path(path)
-        if here.is_dir() and any((here / f).exists() for f in TOKENIZER_FILES):
-            tokenizer = str(path)
-    return Model(params=params, model_config=mcfg, task=task,
-                 tokenizer=tokenization.load_tokenizer(tokenizer),
+    own = epath.Path(path).is_dir()
+    tok_dir = tokenization.resolve(mcfg, explicit=tokenizer, model_dir=path if own else None,
+                                   key="tokenizer", model=f"the model at {path}")
+    tok = tokenization.load_tokenizer(tok_dir)
+    tokenization.check_fits(tok, tok_dir, mcfg, own=tokenizer is None and tok_dir == str(path),
+                            key="tokenizer", model=f"the model at {path}")
+    return Model(params=params, model_config=mcfg, task=task, tokenizer=tok,
                  module=bert.BertFamily(mcfg, task))
 
 

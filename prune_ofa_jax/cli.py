@@ -179,6 +179,12 @@ def split_overrides(args: Sequence[str]) -> tuple[list, list]:
     return rest, overrides
 
 
+def override_keys(overrides: Sequence[str]) -> tuple:
+    """The dotted keys `--config.KEY=VALUE` flags set (`train.steps`): what the user gave
+    explicitly, beside what the recipe set (train/validate.py: explicit)."""
+    return tuple(_OVERRIDE.sub("", flag.split("=", 1)[0]) for flag in overrides)
+
+
 def resolve_recipe(spec: str) -> str:
     """FILE[:ARG] with FILE as given when it exists, else the packaged recipe of its name."""
     path, sep, arg = spec.partition(":")

@@ -74,7 +74,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.root = ""                  # "" = $PRUNE_OFA_DATA or ../shared/data
     c.data.text_files = ("wikitext2/valid.txt",)  # globs under root (kind=text)
     c.data.glue_task = "sst2"
-    c.data.tokenizer = ""             # "" = init.path if it holds a tokenizer, else MiniLM's
+    c.data.tokenizer = ""             # "" = init.path's own, else MiniLM's (its vocab only)
     c.data.seq_len = config_dict.placeholder(int)  # preset: 512 (reference, MLM), else 128
     c.data.max_predictions = config_dict.placeholder(int)  # round(0.15 * seq_len); "": 20
     c.data.nsp = True
@@ -97,6 +97,11 @@ def base() -> ml_collections.ConfigDict:
     c.train.eval_every = 0            # 0 = only at the end
     c.train.eval_batch_size = 64
     c.train.progress = True
+    c.train.skip_nonfinite = False    # True: a step with a non-finite loss or grad norm leaves
+    #                                 params, optimizer state and masks as they were (its
+    #                                 batch consumed), logged as `skipped` (train/guards.py)
+    c.train.max_consecutive_skips = 10  # skip_nonfinite: this many skipped steps in a row
+    #                                 are tolerated; one more stops the run
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-5
@@ -164,6 +169,12 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint.every = 500
     c.checkpoint.keep = 2
     c.checkpoint.async_save = True
+
+    # Resume (train/resume.py): a change of any other key than its ALLOWED list since the
+    # checkpoint is an error; these keys (or prefixes, e.g. "sparsity") may change anyway.
+    c.resume = ml_collections.ConfigDict()
+    c.resume.allow_changes = ()       # e.g. ("train.steps",); on the command line
+    #                                 --config.resume.allow_changes=train.steps,data.seq_len
     return c
 
 

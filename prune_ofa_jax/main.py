@@ -33,7 +33,8 @@ def main(argv=None) -> int:
         if "pipeline" in args.config:
             demo.run(args.config, args.workdir)
         else:
-            loop.run(args.config, args.workdir)
+            loop.run(args.config, args.workdir,
+                     explicit=cli.override_keys(args.config_overrides))
 
     return cli.run(body, workdir=args.workdir, verbose=args.verbose,
                    user_errors=(common.DataError, records.PreparedDataError, FileNotFoundError),

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import train_helpers
 import transformers
 
 from prune_ofa_jax import paths as paths_lib
@@ -264,16 +265,18 @@ def bad_dirs(tmp_path_factory):
 
 
 def test_cli_import_export_round_trip(tmp_path):
+    """The tokenizer travels: HF dir -> params checkpoint -> HF export, no flag needed."""
     src = random_hf_model("roberta", "cls", 3)
     src.save_pretrained(tmp_path / "hf")
+    train_helpers.tiny_tokenizer(tmp_path / "hf", 99, pad_id=1)  # the model's own vocabulary
     imp = run_cli("import-hf", "--hf_dir", tmp_path / "hf", "--workdir", tmp_path / "ckpt")
     assert imp.wait() == 0, imp.stderr.read()
     _, cfg, task = params_ckpt.load_params(tmp_path / "ckpt")
     assert (task, cfg.model_type, cfg.num_labels) == ("cls", "roberta", 3)
-    exp = run_cli("export-hf", "--ckpt", tmp_path / "ckpt", "--workdir", tmp_path / "out",
-                  "--tokenizer_dir", paths_lib.minilm_dir())
+    assert (tmp_path / "ckpt" / "tokenizer.json").is_file()
+    exp = run_cli("export-hf", "--ckpt", tmp_path / "ckpt", "--workdir", tmp_path / "out")
     assert exp.wait() == 0, exp.stderr.read()
-    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / "out")) == 99
     after = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     for key, value in src.state_dict().items():
         assert torch.equal(value, after.state_dict()[key]), key

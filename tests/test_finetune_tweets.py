@@ -18,7 +18,10 @@ from prune_ofa_jax.train import loop
 def test_tweets_recipe_takes_any_family(family, task, tmp_path, shared_data):
     mcfg = model_config.by_name(family, **train_helpers.TINY)
     params = bert.init_params(bert.BertFamily(mcfg, task), jax.random.key(0))
-    hf.export_hf(params, mcfg, task, tmp_path / "hf")  # an HF MLM checkpoint: no cls head
+    # RoBERTa's vocabulary is not MiniLM's: its export carries a tokenizer of its own size
+    tok = (train_helpers.tiny_tokenizer(tmp_path / "tok", mcfg.vocab_size, mcfg.pad_token_id)
+           if family == "roberta-base" else None)
+    hf.export_hf(params, mcfg, task, tmp_path / "hf", tokenizer_dir=tok)  # no cls head
     c = train_helpers.recipe("finetune_tweets", "test", init=str(tmp_path / "hf"))
     c.data.root = str(shared_data)
     c.train.steps = 2

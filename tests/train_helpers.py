@@ -33,3 +33,29 @@ def recipe(name: str, arg: str = "test", resolve: bool = True, **paths):
     c.init.path = paths.get("init", c.init.path)
     c.teacher.path = paths.get("teacher", c.teacher.path)
     return presets.resolve(c) if resolve else c
+
+
+def tiny_tokenizer(directory, vocab_size: int, pad_id: int = 0):
+    """A fast word-level tokenizer of exactly `vocab_size` ids saved as an HF tokenizer dir:
+    BERT's special tokens ([PAD] 0, [UNK], [CLS], [SEP], [MASK]) for pad_id 0, RoBERTa's
+    (<s>, <pad> 1, </s>, <unk>, <mask>) for pad_id 1, then words w5, w6, ...; any other
+    word is the unknown token. For tests of models without MiniLM's vocabulary."""
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+    names = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if pad_id == 0
+             else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    vocab = {t: i for i, t in enumerate(names)}
+    vocab.update({f"w{i}": i for i in range(len(names), vocab_size)})
+    cls, sep = (names[2], names[3]) if pad_id == 0 else (names[0], names[2])
+    unk, mask, pad = (names[1], names[4], names[0]) if pad_id == 0 else (names[3], names[4],
+                                                                         names[1])
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep,
+        mask_token=mask, model_max_length=512)
+    fast.save_pretrained(str(directory))
+    return str(directory)

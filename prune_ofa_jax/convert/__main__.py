@@ -2,7 +2,8 @@
 checkpoint <-> compressed .pofa file.
 
   python -m prune_ofa_jax.convert import-hf --hf_dir DIR --workdir CKPT_DIR \
-      [--task mlm|pretraining|cls|qa|base] [--num_labels N] [--init_missing_heads]
+      [--task mlm|pretraining|cls|qa|base] [--num_labels N] [--init_missing_heads] \
+      [--tokenizer_dir DIR]
   python -m prune_ofa_jax.convert export-hf --ckpt CKPT_DIR|model.pofa --workdir HF_DIR \
       [--tokenizer_dir DIR]
   python -m prune_ofa_jax.convert pack --ckpt CKPT_DIR --out model.pofa \
@@ -10,16 +11,22 @@ checkpoint <-> compressed .pofa file.
   python -m prune_ofa_jax.convert unpack --packed model.pofa --workdir CKPT_DIR
 
 --workdir is the directory written (`--out` still works there); `pack` writes one file,
---out FILE. On bad input: one "error: ..." line on stderr, exit status 2, no output left
-behind. `python -m prune_ofa_jax.convert <command> --help` for a command's flags.
+--out FILE. Every path may be a bucket (gs://). The tokenizer travels with the model:
+import-hf copies the HF dir's tokenizer files (or --tokenizer_dir's) into the checkpoint;
+export-hf writes --tokenizer_dir's, else the checkpoint's own, else MiniLM's when the model
+has MiniLM's vocabulary, else it stops (data/tokenization.py). On bad input: one
+"error: ..." line on stderr, exit status 2, no output left behind.
+`python -m prune_ofa_jax.convert <command> --help` for a command's flags.
 """
 
 import json
-import pathlib
 import sys
+
+from etils import epath
 
 from prune_ofa_jax import cli, errors
 from prune_ofa_jax.convert import hf, loader, pack_ckpt, params_ckpt
+from prune_ofa_jax.data import tokenization
 
 MODULE = "prune_ofa_jax.convert"
 
@@ -37,12 +44,15 @@ def _parser() -> cli.Parser:
     imp.add_argument("--init_missing_heads", action="store_true",
                      help="initialise task heads absent from the source instead of failing")
     imp.add_argument("--seed", type=int, default=0, help="rng seed for --init_missing_heads")
+    imp.add_argument("--tokenizer_dir", default=None,
+                     help="copy the tokenizer files from here (default: the HF dir's own)")
     imp.add_argument("--overwrite", action="store_true")
     exp = sub.add_parser("export-hf", help="params checkpoint (or .pofa) -> HF PyTorch model dir",
                          description="params checkpoint (or .pofa) -> HF PyTorch model dir.")
     exp.add_argument("--ckpt", required=True, help="a params checkpoint dir or a .pofa file")
     exp.add_workdir("the HF model dir to write")
-    exp.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from here")
+    exp.add_argument("--tokenizer_dir", default=None,
+                     help="copy the tokenizer files from here (default: the checkpoint's own)")
     exp.add_argument("--overwrite", action="store_true")
     pk = sub.add_parser("pack", help="params checkpoint -> compressed .pofa file",
                         description="params checkpoint -> compressed .pofa file.")
@@ -69,22 +79,26 @@ SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta")  # = models.config.MOD
 
 def _precheck(args) -> None:
     """Cheap checks (no jax/torch import) so common mistakes fail in a blink."""
-    out = pathlib.Path(args.out if args.command == "pack" else args.workdir)
+    out = epath.Path(args.out if args.command == "pack" else args.workdir)
     if out.exists() and not args.overwrite:
         kind = "file" if args.command == "pack" else "dir"
         raise errors.UsageError(f"output {kind} already exists: {out} (pass --overwrite)")
+    tok = getattr(args, "tokenizer_dir", None)
+    if tok and not tokenization.has_tokenizer(tok):
+        raise errors.UsageError(f"--tokenizer_dir {tok}: no tokenizer files (tokenizer.json, "
+                                "vocab.txt or vocab.json)")
     if args.command in ("export-hf", "pack"):
-        ckpt = pathlib.Path(args.ckpt)
+        ckpt = epath.Path(args.ckpt)
         if args.command == "export-hf" and ckpt.is_file():
-            return  # a .pofa file: checked (magic, CRC) when read
+            return  # a .pofa file: checked (magic, CRC, every declared size) when read
         if not (ckpt / "model.json").is_file():
             raise errors.UsageError(f"not a params checkpoint (no model.json): {args.ckpt}")
         return
     if args.command == "unpack":
-        if not pathlib.Path(args.packed).is_file():
+        if not epath.Path(args.packed).is_file():
             raise errors.UsageError(f"packed file not found: {args.packed}")
         return
-    hf_dir = pathlib.Path(args.hf_dir)
+    hf_dir = epath.Path(args.hf_dir)
     if not hf_dir.is_dir():
         raise errors.UsageError(f"HF model dir not found: {hf_dir}")
     if not (hf_dir / "config.json").is_file():
@@ -102,16 +116,31 @@ def _import_hf(args) -> str:
     params, model_config = hf.import_hf(args.hf_dir, task, num_labels=args.num_labels,
                                         init_missing_heads=args.init_missing_heads,
                                         rng_seed=args.seed)
+    tok = args.tokenizer_dir or (args.hf_dir if tokenization.has_tokenizer(args.hf_dir) else None)
+    if tok is not None:
+        tokenization.check_fits(tokenization.load_tokenizer(tok), tok, model_config,
+                                own=tok == args.hf_dir, key="--tokenizer_dir",
+                                model=f"the model of {args.hf_dir}")
     out = params_ckpt.save_params(args.workdir, params, model_config, task,
-                                  overwrite=args.overwrite)
-    return f"wrote {task} params ({model_config.model_type}) to {out}"
+                                  overwrite=args.overwrite, tokenizer_dir=tok)
+    note = (f" with the tokenizer of {tok}" if tok else f"; {args.hf_dir} has no tokenizer "
+            "files: pass --tokenizer_dir (runs of this model need one unless it has "
+            "MiniLM's vocabulary)")
+    return f"wrote {task} params ({model_config.model_type}) to {out}{note}"
 
 
 def _export_hf(args) -> str:
     params, model_config, task = loader.load(args.ckpt)
-    path = hf.export_hf(params, model_config, task, args.workdir,
-                        tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite)
-    return f"wrote HF {model_config.model_type} {task} model to {path}"
+    own = epath.Path(args.ckpt).is_dir()
+    tok = tokenization.resolve(model_config, explicit=args.tokenizer_dir,
+                               model_dir=args.ckpt if own else None, key="--tokenizer_dir",
+                               model=f"the model of {args.ckpt}")
+    tokenization.check_fits(tokenization.load_tokenizer(tok), tok, model_config,
+                            own=tok == args.ckpt, key="--tokenizer_dir",
+                            model=f"the model of {args.ckpt}")
+    path = hf.export_hf(params, model_config, task, args.workdir, tokenizer_dir=tok,
+                        overwrite=args.overwrite)
+    return f"wrote HF {model_config.model_type} {task} model to {path} (tokenizer: {tok})"
 
 
 def _pack(args) -> str:

@@ -3,9 +3,12 @@
 import_hf: HF model dir (config.json + model.safetensors | pytorch_model.bin | sharded index)
   -> (params, ModelConfig). Heads the task needs but the source lacks are an error unless
   `init_missing_heads` (then freshly initialised and logged).
-export_hf: params -> an HF dir loadable by transformers' Auto* classes (safetensors), written
-  to `<out>.tmp` and renamed, so a failure leaves nothing behind. Values are copied exactly
-  (float32), so pruned zeros stay zero.
+export_hf: params -> an HF dir loadable by transformers' Auto* classes (safetensors) with the
+  tokenizer files of `tokenizer_dir`, written to `<out>.tmp` and renamed, so a failure leaves
+  nothing behind (a bucket `out`: built locally, then uploaded with config.json last). Values
+  are copied exactly (float32), so pruned zeros stay zero.
+An HF dir on gs:// is read from a local copy (paths.local): transformers and safetensors read
+local files only.
 """
 
 import dataclasses
@@ -13,19 +16,22 @@ import json
 import logging
 import pathlib
 import shutil
+import tempfile
 from typing import Any, Optional
 
 import jax
 import numpy as np
+from etils import epath
 
+from prune_ofa_jax import paths
 from prune_ofa_jax.convert import hf_names, layer_mix
+from prune_ofa_jax.data import tokenization
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as config_lib
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = tokenization.TOKENIZER_FILES
 
 
 class ConversionError(ValueError):
@@ -112,7 +118,7 @@ def resolve_task(hf_dir, task: Optional[str] = None) -> str:
     """`task` if given, else the one implied by the dir's config.json architectures."""
     if task is not None:
         return task
-    return infer_task(_read_hf_config(pathlib.Path(hf_dir))[0])
+    return infer_task(_read_hf_config(paths.local(hf_dir, ("config.json",)))[0])
 
 
 # --- import -------------------------------------------------------------------------------
@@ -151,7 +157,7 @@ def import_hf(hf_dir, task: Optional[str] = None, num_labels: Optional[int] = No
     (classification). Heads (and the pooler) the task needs but the source lacks raise
     ConversionError unless init_missing_heads, which initialises them from rng_seed.
     """
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = paths.local(hf_dir)
     raw, model_config = _read_hf_config(hf_dir)
     task = task or infer_task(raw)
     overrides = {"dtype": dtype}
@@ -243,10 +249,13 @@ def hf_config(model_config: config_lib.ModelConfig, task: str) -> Any:
 
 
 def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_dir,
-              tokenizer_dir=None, overwrite: bool = False) -> pathlib.Path:
-    """Writes an HF PyTorch model dir (config.json + model.safetensors [+ tokenizer files]).
-    A layer_mix classifier (no HF class has it): the encoder as the family's base model plus
-    the head in its own file (convert/layer_mix.py)."""
+              tokenizer_dir=None, overwrite: bool = False):
+    """Writes an HF PyTorch model dir (config.json + model.safetensors [+ the tokenizer files
+    of `tokenizer_dir`, local or gs://]); `out_dir` local or gs://. A layer_mix classifier
+    (no HF class has it): the encoder as the family's base model plus the head in its own
+    file (convert/layer_mix.py). Returns the dir (a pathlib.Path, an epath for a bucket)."""
+    if paths.is_bucket(out_dir):
+        return _export_to_bucket(params, model_config, task, out_dir, tokenizer_dir, overwrite)
     if task == "cls" and model_config.cls_head != "default":
         if not layer_mix.has_head(params):
             raise ConversionError("params lack the layer_mix classifier "
@@ -261,7 +270,7 @@ def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_
     out = pathlib.Path(out_dir).absolute()
     if out.exists() and not overwrite:
         raise ConversionError(f"output dir already exists: {out}")
-    if tokenizer_dir is not None and not pathlib.Path(tokenizer_dir).is_dir():
+    if tokenizer_dir is not None and not epath.Path(tokenizer_dir).is_dir():
         raise ConversionError(f"tokenizer dir not found: {tokenizer_dir}")
     state = to_hf_state_dict(params, model_config, task)
     cfg = hf_config(model_config, task)
@@ -279,13 +288,30 @@ def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_
         model.save_pretrained(str(tmp))
         if tokenizer_dir is not None:
             for name in TOKENIZER_FILES:
-                src = pathlib.Path(tokenizer_dir) / name
-                if src.is_file():
-                    shutil.copy2(src, tmp / name)
+                src = epath.Path(tokenizer_dir) / name
+                if src.exists():
+                    paths.copy_file(src, tmp / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+    return out
+
+
+def _export_to_bucket(params, model_config, task, out_dir, tokenizer_dir, overwrite):
+    """export_hf into a local scratch dir, then uploaded: config.json (what makes it an HF
+    dir, convert/loader.py) goes last, so an upload cut short is no model."""
+    out = epath.Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ConversionError(f"output dir already exists: {out}")
+    with tempfile.TemporaryDirectory(prefix="prune_ofa_jax_export_") as scratch:
+        local = export_hf(params, model_config, task, pathlib.Path(scratch) / out.name,
+                          tokenizer_dir)
+        if out.exists():
+            out.rmtree()
+        files = sorted(local.iterdir(), key=lambda f: f.name == "config.json")
+        for f in files:
+            paths.upload(f, out / f.name)
     return out

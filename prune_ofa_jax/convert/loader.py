@@ -6,7 +6,9 @@
 - a packed file (`convert pack`, .pofa): one file, checked section by section.
 
 `kind(path)` says which one a path holds, `model_config(path)` reads only its config and
-`load(path, ...)` the params.
+`load(path, ...)` the params. Any of them may be on gs:// (an HF dir and a packed file are
+read from a local copy: paths.local). A model's tokenizer files sit beside it (a params
+checkpoint, an HF dir); data/tokenization.py says which tokenizer a model uses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Optional
 
 from etils import epath
 
-from prune_ofa_jax import errors
+from prune_ofa_jax import errors, paths
 from prune_ofa_jax.convert import hf, pack_ckpt, packed, params_ckpt
 from prune_ofa_jax.models import config as config_lib
 
@@ -43,7 +45,7 @@ def model_config(path) -> config_lib.ModelConfig:
     if k == PARAMS:
         return params_ckpt.load_model_json(path)[0]
     if k == HF:
-        return config_lib.ModelConfig.from_pretrained_dir(path)
+        return config_lib.ModelConfig.from_pretrained_dir(paths.local(path, ("config.json",)))
     header, _ = packed.read_header(path)
     return config_lib.ModelConfig.from_dict(header["model_config"])
 

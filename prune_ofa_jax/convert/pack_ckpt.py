@@ -10,10 +10,12 @@ the fp32 safetensors payload.
 from __future__ import annotations
 
 import pathlib
+import tempfile
 from typing import Any, Optional
 
 import numpy as np
 
+from prune_ofa_jax import paths
 from prune_ofa_jax.convert import hf, packed, params_ckpt, qat_ranges
 from prune_ofa_jax.eval import compression
 from prune_ofa_jax.models import bert
@@ -61,25 +63,53 @@ def pack_params(params: Any, model_config: config_lib.ModelConfig, task: str, ou
 
 
 def pack_checkpoint(ckpt_dir, out, opts: packed.PackOptions) -> dict:
+    """pack_params of a params checkpoint (local or gs://) into `out` (local or gs://: packed
+    locally, then uploaded)."""
     params, mcfg, task = params_ckpt.load_params(ckpt_dir)
-    params = {k: np.asarray(v) for k, v in flat_numpy(params).items()}
-    return pack_params(hf.unflatten(params), mcfg, task, out, opts, qat_ranges.load(ckpt_dir))
+    params = hf.unflatten({k: np.asarray(v) for k, v in flat_numpy(params).items()})
+    quant = qat_ranges.load(ckpt_dir)
+    if not paths.is_bucket(out):
+        return pack_params(params, mcfg, task, out, opts, quant)
+    with tempfile.TemporaryDirectory(prefix="prune_ofa_jax_pack_") as scratch:
+        local = pathlib.Path(scratch) / str(out).rstrip("/").rsplit("/", 1)[-1]
+        report = pack_params(params, mcfg, task, local, opts, quant)
+        paths.upload(local, out)
+    return {**report, "file": str(out)}
+
+
+def _file_model(path, header: dict) -> tuple[config_lib.ModelConfig, dict]:
+    """The model the header names and its tensors' shapes (abstract: nothing allocated),
+    after checking the config is no larger than the tensors the header lists."""
+    try:
+        cfg = config_lib.ModelConfig.from_dict(header["model_config"])
+        declared = max([max(s, default=0) for s in packed.shapes(header).values()], default=0)
+        dims = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
+                cfg.max_position_embeddings)
+        if max(dims) > declared or cfg.num_layers > len(header["tensors"]):
+            raise ValueError(f"its config (dims {dims}, {cfg.num_layers} layers) is larger "
+                             "than the tensors it lists")
+        model = bert.BertFamily(cfg, header["task"])
+    except (ValueError, TypeError) as e:
+        raise packed.PackError(f"{path}: corrupt header ({' '.join(str(e).split())})") from e
+    return cfg, hf.flatten(bert.abstract_params(model))
 
 
 def load_packed(path, model_config: Optional[config_lib.ModelConfig] = None,
                 task: Optional[str] = None) -> tuple[dict, config_lib.ModelConfig, str,
                                                      Optional[dict]]:
-    """(params, model_config, task, quant) from a .pofa; every tensor checked against the
-    model the file names (or `model_config`/`task` when given: the wrong-model check)."""
-    flat, cfg_dict, file_task, quant = packed.unpack(path)
-    file_cfg = config_lib.ModelConfig.from_dict(cfg_dict)
+    """(params, model_config, task, quant) from a .pofa; the tensors' paths and shapes are
+    checked against the model the file names (or `model_config`/`task` when given: the
+    wrong-model check) before any is decoded (packed.py: a bounded reader)."""
+    header, start = packed.read_header(path)
+    file_cfg, expected = _file_model(path, header)
+    cfg_dict, file_task = header["model_config"], header["task"]
     if model_config is not None and model_config.to_dict() != file_cfg.to_dict():
         diff = sorted(k for k, v in model_config.to_dict().items() if cfg_dict.get(k) != v)
         raise packed.PackError(f"{path} holds another model: config differs in {diff}")
     if task is not None and task != file_task:
         raise packed.PackError(f"{path} holds a {file_task!r} model, expected {task!r}")
-    expected = hf.flatten(bert.abstract_params(bert.BertFamily(file_cfg, file_task)))
-    packed.check_model(flat, expected, path)
+    packed.check_model(packed.shapes(header), expected, path)
+    flat, _, _, quant = packed.unpack(path, header, start)
     return hf.unflatten(flat), file_cfg, file_task, quant
 
 

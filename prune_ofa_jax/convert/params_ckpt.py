@@ -1,9 +1,12 @@
 """A params-only checkpoint: an Orbax StandardCheckpointer tree under `params/` plus `model.json`
-({"model_config": ..., "task": ...}). Written by `import-hf` and at the end of training (masks
-baked in), read by `export-hf`.
+({"model_config": ..., "task": ...}) and the model's tokenizer files beside them (an HF
+tokenizer dir's: tokenizer.json, vocab.txt, ...; data/tokenization.py). Written by `import-hf`
+and at the end of training (masks baked in), read by `export-hf` and every model loader.
 
-Writes are all-or-nothing: everything goes to `<dir>.tmp` first and is renamed into place.
-Paths go through etils.epath (local or gs://), as Orbax's do.
+Writes are all-or-nothing. Locally everything goes to `<dir>.tmp` first and is renamed into
+place. In a bucket (gs://), where a rename copies every object, the files are written in
+place with `model.json` last: a dir without it is no checkpoint (convert/loader.py), so a
+write cut short is never read as one. Paths go through etils.epath, as Orbax's do.
 """
 
 import json
@@ -15,6 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from prune_ofa_jax import paths
+from prune_ofa_jax.data import tokenization
 from prune_ofa_jax.models import config as config_lib
 
 MODEL_JSON = "model.json"
@@ -32,9 +36,19 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def copy_tokenizer(src, dst) -> list:
+    """Copies the tokenizer files `src` holds (local or gs://) into `dst`; their names."""
+    src, dst = epath.Path(src), epath.Path(dst)
+    names = [n for n in tokenization.TOKENIZER_FILES if (src / n).exists()]
+    for name in names:
+        paths.copy_file(src / name, dst / name)
+    return names
+
+
 def save_params(directory, params: Any, model_config: config_lib.ModelConfig, task: str,
-                overwrite: bool = False) -> epath.Path:
-    """Saves params (any pytree of arrays; sharded jax arrays are fine) + model.json.
+                overwrite: bool = False, tokenizer_dir=None) -> epath.Path:
+    """Saves params (any pytree of arrays; sharded jax arrays are fine) + model.json, and the
+    tokenizer files of `tokenizer_dir` when given.
 
     Raises FileExistsError when `directory` exists and overwrite is False. In a multi-host job
     every process must call this (Orbax writes each process's shards).
@@ -42,22 +56,26 @@ def save_params(directory, params: Any, model_config: config_lib.ModelConfig, ta
     final = paths.absolute(directory)
     if final.exists() and not overwrite:
         raise FileExistsError(f"checkpoint dir already exists: {final}")
-    tmp = _tmp_path(final)
+    in_place = paths.is_bucket(final)
+    tmp = final if in_place else _tmp_path(final)
     if jax.process_index() == 0:
         if tmp.exists():
             tmp.rmtree()
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     _sync("params_ckpt_mkdir")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     checkpointer.close()
     if jax.process_index() == 0:
+        if tokenizer_dir is not None:
+            copy_tokenizer(tokenizer_dir, tmp)
         meta = {"model_config": model_config.to_dict(), "task": task}
         (tmp / MODEL_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if final.exists():
-            final.rmtree()
-        tmp.rename(final)
+        if not in_place:
+            if final.exists():
+                final.rmtree()
+            tmp.rename(final)
     _sync("params_ckpt_rename")
     return final
 

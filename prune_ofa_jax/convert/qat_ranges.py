@@ -11,12 +11,12 @@ checkpoint (`<run>/checkpoints`, beside `<run>/model`).
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 QUANT_JSON = "quant.json"
 _RANGE_KEYS = ("input_min", "input_max", "output_min", "output_max")
@@ -35,7 +35,7 @@ def ranges_from_stats(quant_stats: Any) -> dict:
     return out
 
 
-def save(model_dir, quant_stats: Any, quant_config: dict) -> Optional[pathlib.Path]:
+def save(model_dir, quant_stats: Any, quant_config: dict) -> Optional[epath.Path]:
     """Writes model_dir/quant.json; nothing when there are no stats (QAT off)."""
     ranges = ranges_from_stats(quant_stats) if quant_stats else {}
     if not ranges:
@@ -43,13 +43,13 @@ def save(model_dir, quant_stats: Any, quant_config: dict) -> Optional[pathlib.Pa
     return write(model_dir, {"config": quant_config, "ranges": ranges})
 
 
-def write(model_dir, quant: dict) -> pathlib.Path:
-    path = pathlib.Path(model_dir) / QUANT_JSON
+def write(model_dir, quant: dict) -> epath.Path:
+    path = epath.Path(model_dir) / QUANT_JSON
     path.write_text(json.dumps(quant, indent=1, sort_keys=True) + "\n")
     return path
 
 
-def _from_checkpoint(run_dir: pathlib.Path) -> Optional[dict]:
+def _from_checkpoint(run_dir: epath.Path) -> Optional[dict]:
     ckpt = run_dir / "checkpoints"
     steps = sorted((int(p.name) for p in ckpt.glob("*") if p.name.isdigit()), reverse=True)
     cfg_file = run_dir / "config.json"
@@ -68,7 +68,7 @@ def _from_checkpoint(run_dir: pathlib.Path) -> Optional[dict]:
 
 def load(model_dir) -> Optional[dict]:
     """{"config", "ranges"} of a QAT model dir, or None for a model without QAT."""
-    model_dir = pathlib.Path(model_dir)
+    model_dir = epath.Path(model_dir)
     path = model_dir / QUANT_JSON
     if path.is_file():
         return json.loads(path.read_text())

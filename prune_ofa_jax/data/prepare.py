@@ -31,7 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from typing import List, Sequence, Tuple
@@ -39,7 +41,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from etils import epath
 
-from prune_ofa_jax import cli, errors
+from prune_ofa_jax import cli, errors, paths
 from prune_ofa_jax.data import common, records, text, tokenization
 
 log = logging.getLogger(__name__)
@@ -158,15 +160,26 @@ def work_index(item: tuple) -> int:
 
 
 def write_shard(split: str, index: int, count: int, chunks, out: str, tmp: str) -> dict:
-    """Records in document order, written to tmp/NAME, then renamed to out/NAME."""
+    """Records in document order, written to tmp/NAME, then renamed to out/NAME. ArrayRecord
+    writes local files only: for a bucket, the shard is written to a local temporary file and
+    uploaded to out/NAME (a GCS object appears whole, once its upload completes)."""
     import array_record.python.array_record_module as ar  # pylint: disable=import-outside-toplevel
     name = records.shard_name(split, index, count)
-    local = epath.Path(tmp) / name
-    writer = ar.ArrayRecordWriter(str(local), records.WRITER_OPTIONS)
-    for lengths, tokens, doc, k in chunks:
-        writer.write(records.encode(doc, k, lengths, tokens))
-    writer.close()
-    local.rename(epath.Path(out) / name)  # atomic on one file system: never half a shard
+    bucket = paths.is_bucket(out)
+    scratch = tempfile.mkdtemp(prefix="prune_ofa_jax_shard_") if bucket else None
+    local = epath.Path(scratch or tmp) / name
+    try:
+        writer = ar.ArrayRecordWriter(str(local), records.WRITER_OPTIONS)
+        for lengths, tokens, doc, k in chunks:
+            writer.write(records.encode(doc, k, lengths, tokens))
+        writer.close()
+        if bucket:
+            paths.upload(local, epath.Path(out) / name)
+        else:
+            local.rename(epath.Path(out) / name)  # atomic on one file system: never half a shard
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return {"name": name, "split": split, "records": len(chunks),
             "documents": sum(c[3] == 0 for c in chunks),
             "sentences": int(sum(c[0].size for c in chunks)),
@@ -189,10 +202,14 @@ def write_manifest(shards: List[dict], out: str, tmp: str, head: dict) -> dict:
     if not totals["tokens"]:
         raise common.DataError(f"{head['source']}: no tokens; nothing to prepare")
     manifest = {**head, **{f"num_{k}": v for k, v in totals.items()}, "shards": shards}
-    part = epath.Path(tmp) / records.MANIFEST
-    part.write_text(json.dumps(manifest, indent=2))
-    part.rename(epath.Path(out) / records.MANIFEST)
-    epath.Path(tmp).rmtree()
+    if paths.is_bucket(out):  # a GCS object appears whole: written in place
+        (epath.Path(out) / records.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    else:
+        part = epath.Path(tmp) / records.MANIFEST
+        part.write_text(json.dumps(manifest, indent=2))
+        part.rename(epath.Path(out) / records.MANIFEST)
+    if epath.Path(tmp).exists():  # a bucket has no empty folders
+        epath.Path(tmp).rmtree()
     return manifest
 
 

@@ -20,7 +20,12 @@ the tokenised corpus, token for token. Records are stored with ArrayRecord's
 
 The manifest is the only entry point: a shard not listed there is never read, so an
 interrupted prepare (which writes shards under temporary names and the manifest last) leaves
-nothing that training would take for data.
+nothing that training would take for data. At start every host opens every shard it will
+read and compares its record count (from the shard's footer) with the manifest's
+(`check_shards`), so a missing, truncated or replaced shard stops the run at once, naming
+the shard, instead of when its first record is sampled.
+
+Shards on gs:// are read where they are (ArrayRecord's own GCS reader), never copied.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from concurrent import futures
 from typing import List, Sequence
 
 import numpy as np
 from etils import epath
+
+from prune_ofa_jax import errors
 
 FORMAT = "prune_ofa_jax.prepared/1"
 MANIFEST = "manifest.json"
@@ -39,7 +47,7 @@ WRITER_OPTIONS = "group_size:1,uncompressed"  # random access; ids barely compre
 _HEADER = 4
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(errors.UserError):
     """A prepared directory that is missing, unfinished, or does not fit the run."""
 
 
@@ -109,10 +117,40 @@ def check_fits(manifest: dict, directory, tokenizer, tokenizer_path, seq_len: in
 
 
 def shard_paths(manifest: dict, directory, split: str) -> List[str]:
+    """The split's shards, each checked against the manifest (`check_shards`)."""
     d = epath.Path(directory)
-    paths = [str(d / s["name"]) for s in manifest["shards"] if s["split"] == split]
-    missing = [p for p in paths if not epath.Path(p).exists()]
-    if missing:
-        raise PreparedDataError(f"{directory}: shards listed in {MANIFEST} are missing: "
-                                f"{missing[:3]}; rerun the prepare command")
+    shards = [s for s in manifest["shards"] if s["split"] == split]
+    paths = [str(d / s["name"]) for s in shards]
+    check_shards(paths, [s["records"] for s in shards], directory)
     return paths
+
+
+def _count(path: str):
+    """(records in the shard, None), or (None, why it cannot be read)."""
+    import array_record.python.array_record_module as ar  # pylint: disable=import-outside-toplevel
+    try:
+        reader = ar.ArrayRecordReader(path, "readahead_buffer_size:0")
+        n = reader.num_records() if reader.ok() else None
+        reader.close()  # a reader that failed to open raises its reason here
+        return n, None
+    except Exception as e:  # pylint: disable=broad-except  (RuntimeError/ValueError by cause)
+        return None, " ".join(str(e).split())[:240]
+
+
+def check_shards(paths: Sequence[str], counts: Sequence[int], directory,
+                 threads: int = 16) -> None:
+    """Every shard opens and holds the number of records the manifest lists, else one
+    PreparedDataError naming the first shard (in manifest order) that does not. Opening a
+    reader reads the shard's footer only (no record), in `threads` parallel opens (a bucket's
+    latency)."""
+    if not paths:
+        return
+    with futures.ThreadPoolExecutor(min(threads, len(paths))) as pool:
+        found = list(pool.map(_count, paths))
+    for path, want, (n, why) in zip(paths, counts, found):
+        if n == want:
+            continue
+        what = (f"cannot be read ({why})" if why is not None
+                else f"holds {n} records, {MANIFEST} lists {want} (truncated or replaced)")
+        raise PreparedDataError(f"config.data.prepared={directory}: shard {path} {what}; "
+                                "rerun the prepare command (with --overwrite)")

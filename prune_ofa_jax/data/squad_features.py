@@ -153,7 +153,9 @@ class EvalFeatures:
                  process_count: Optional[int] = None):
         self.examples = list(examples)
         self.features = featurize(self.examples, tokenizer, max_len, doc_stride)
-        self._data = common.ArrayDataset({k: self.features[k] for k in _MODEL_KEYS}, 1, 0,
+        # The train batch size is unused here; it must only be a multiple of the host count.
+        hosts = common.process_info(process_index, process_count)[1]
+        self._data = common.ArrayDataset({k: self.features[k] for k in _MODEL_KEYS}, hosts, 0,
                                          process_index, process_count)
 
     @property

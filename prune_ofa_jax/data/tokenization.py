@@ -1,39 +1,109 @@
-"""Tokenisation: HF fast tokenisers from a local model directory, batched for speed.
+"""Tokenisation: HF fast tokenisers from a model directory, batched for speed.
 
-The default tokenizer is the real uncased BERT WordPiece vocabulary shipped with MiniLM-L6
-(`prune_ofa_jax.paths.minilm_dir()`). Nothing is downloaded: directories only.
+Which tokenizer a model uses (`resolve`, the one rule for runs, `api.load` and `export-hf`):
+the one named explicitly (`config.data.tokenizer`, `tokenizer=`, `--tokenizer_dir`), else the
+model directory's own files (every `import-hf` checkpoint, run `model/` and HF export carries
+them), else the uncased BERT WordPiece vocabulary shipped with MiniLM-L6
+(`paths.minilm_dir()`) only when the model has MiniLM's vocabulary (size and pad id), else an
+error naming the setting and the model. `check_fits` then refuses a tokenizer whose
+vocabulary size or pad id disagree with the model. A bucket dir (gs://) is read from a local
+copy of its tokenizer files. Nothing is downloaded from a hub: directories only.
 """
 
 import functools
 import itertools
+import json
 import logging
 from typing import List, Optional, Sequence
 
 import numpy as np
 import tqdm
+from etils import epath
 
-from prune_ofa_jax import paths
+from prune_ofa_jax import errors, paths
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 8192
+# The files of an HF tokenizer (any family): what travels with a model.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
+_MARKERS = ("tokenizer.json", "vocab.txt", "vocab.json")  # any one: the dir has a tokenizer
 
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str):
     import transformers  # pylint: disable=import-outside-toplevel  (slow import, only when used)
-    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    local = paths.local(path, TOKENIZER_FILES)
+    tok = transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
     if not tok.is_fast:
         raise ValueError(f"{path}: need a fast (Rust) tokenizer for offsets and batching")
     return tok
 
 
 def load_tokenizer(path=None):
-    """`AutoTokenizer.from_pretrained(path)` (fast, local); default: the MiniLM uncased vocab.
+    """`AutoTokenizer.from_pretrained(path)` (fast, local; a gs:// dir through a local copy of
+    its tokenizer files); default: the MiniLM uncased vocab.
 
     Cached per path, so datasets built in one process share one tokenizer object.
     """
     return _load(str(path if path is not None else paths.minilm_dir()))
+
+
+def has_tokenizer(directory) -> bool:
+    """True when `directory` (local or gs://) holds tokenizer files."""
+    d = epath.Path(directory)
+    return d.is_dir() and any((d / f).exists() for f in _MARKERS)
+
+
+@functools.lru_cache(maxsize=1)
+def _minilm_vocab() -> tuple:
+    raw = json.loads((paths.minilm_dir() / "config.json").read_text())
+    return int(raw["vocab_size"]), int(raw.get("pad_token_id", 0))
+
+
+def _shape(model_config) -> str:
+    return (f"{model_config.model_type}, vocab {model_config.vocab_size}, pad id "
+            f"{model_config.pad_token_id}")
+
+
+def _error(key: str, message: str) -> errors.UserError:
+    cls = errors.ConfigError if key.startswith("config.") else errors.UserError
+    return cls(f"{key}: {message}")
+
+
+def resolve(model_config, *, explicit=None, model_dir=None, key: str = "config.data.tokenizer",
+            model: str = "the model") -> str:
+    """The tokenizer dir for a model, by the module docstring's rule: `explicit`, else
+    `model_dir`'s own files, else MiniLM's when the model has its vocabulary, else a
+    one-line error naming `key` and `model` (ConfigError for a `config.` key)."""
+    if explicit:
+        return str(explicit)
+    if model_dir and has_tokenizer(model_dir):
+        return str(model_dir)
+    if (model_config.vocab_size, model_config.pad_token_id) == _minilm_vocab():
+        return str(paths.minilm_dir())
+    size, pad = _minilm_vocab()
+    raise _error(key, f"{model} ({_shape(model_config)}) carries no tokenizer, and MiniLM's "
+                      f"uncased vocabulary (vocab {size}, pad id {pad}), the only fallback, is "
+                      "not its own; name the model's tokenizer dir (an HF model dir, or one with "
+                      "tokenizer.json / vocab.txt)")
+
+
+def check_fits(tokenizer, source, model_config, *, own: bool = False,
+               key: str = "config.data.tokenizer", model: str = "the model") -> None:
+    """A one-line error (naming `key`, the tokenizer and the model) unless the tokenizer's
+    vocabulary size equals the model's (or is smaller, for the model's `own` tokenizer: a
+    padded embedding table), its pad id is the model's and every special id has a row."""
+    size, pad = vocab_size(tokenizer), tokenizer.pad_token_id
+    specials = [i for i in tokenizer.all_special_ids if i is not None]
+    fits = (size == model_config.vocab_size or (own and size < model_config.vocab_size)) \
+        and pad == model_config.pad_token_id \
+        and all(0 <= i < model_config.vocab_size for i in specials)
+    if not fits:
+        raise _error(key, f"the tokenizer {source} (vocab {size}, pad id {pad}) does not fit "
+                          f"{model} ({_shape(model_config)}): its ids would index other "
+                          "embeddings; use the model's own tokenizer")
 
 
 def special_ids(tokenizer) -> np.ndarray:

@@ -9,13 +9,17 @@ from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import objectives
 
 
-def _forward(run, state, batch, also=()):
-    """Eval outputs of the global batch on the host (all processes' rows), and the batch's
-    `also` keys likewise."""
+def _forward(run, state, batch, also=(), model_keys=None):
+    """Eval outputs of the global batch on the host (all processes' rows, in global order),
+    and the batch's `also` keys gathered the same way. The forward sees the batch's
+    `model_keys` (default: all of it)."""
+    if model_keys is not None:
+        batch = {k: v for k, v in batch.items() if k in model_keys or k in also}
     batch = mesh_lib.global_batch(batch, run.mesh, accum=None)
-    out = run.eval_fn(state.params, state.masks, state.quant_stats, batch)
+    inputs = {k: v for k, v in batch.items() if model_keys is None or k in model_keys}
+    out = run.eval_fn(state.params, state.masks, state.quant_stats, inputs)
     if also:
-        return mesh_lib.to_host(out), mesh_lib.to_host({k: batch[k] for k in also})
+        return mesh_lib.to_host((out, {k: batch[k] for k in also}))
     return mesh_lib.to_host(out)
 
 
@@ -37,11 +41,13 @@ def mlm_eval(run, state, source, num_batches: int) -> dict:
 
 
 def predict(run, state, eval_set, batch_size: int) -> dict:
-    """Concatenated outputs over every eval row (padding rows dropped)."""
+    """Concatenated outputs over every eval row, in order (padding rows dropped). Multi-host:
+    each process feeds its rows of a global batch; the outputs and the rows' weights come
+    back whole on every process, so every host filters the same global rows."""
     chunks: dict = {}
     for batch in eval_set.eval_batches(batch_size):
-        out = _forward(run, state, {k: v for k, v in batch.items() if k in _MODEL_KEYS})
-        keep = batch["weights"] > 0
+        out, gathered = _forward(run, state, batch, also=("weights",), model_keys=_MODEL_KEYS)
+        keep = np.asarray(gathered["weights"]) > 0
         for k, v in out.items():
             chunks.setdefault(k, []).append(np.asarray(v)[keep])
     return {k: np.concatenate(v) for k, v in chunks.items()}

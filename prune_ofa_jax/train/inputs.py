@@ -11,13 +11,14 @@ import pathlib
 from typing import Any, Callable, Optional
 
 import numpy as np
-from etils import epath
 
 from prune_ofa_jax import paths
+from prune_ofa_jax.convert import loader
 from prune_ofa_jax.data import (classification, common, disaster_tweets, glue, pretraining, squad,
                                 squad_features, stream, text, tokenization)
 from prune_ofa_jax.distill import augment_batches
 from prune_ofa_jax.eval import glue_metrics, squad_metrics
+from prune_ofa_jax.models import config as model_config_lib
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,39 @@ def _root(c) -> pathlib.Path:
     return pathlib.Path(c.data.root) if c.data.root else paths.data_root()
 
 
-def tokenizer_path(c) -> Optional[str]:
-    """data.tokenizer, else init.path when it holds a tokenizer, else None (MiniLM's)."""
-    if c.data.tokenizer:
-        return c.data.tokenizer
-    init = epath.Path(c.init.path) if c.init.path else None
-    if init is not None and any((init / f).exists() for f in ("tokenizer.json", "vocab.txt")):
-        return str(init)
-    return None
+def model_config(c):
+    """The run's model config as build makes it (init.path's, else model.name's with the
+    overrides): its vocabulary size and pad id decide the tokenizer."""
+    if c.init.path:
+        return loader.model_config(c.init.path)
+    return model_config_lib.by_name(c.model.name, **dict(c.model.overrides))
+
+
+def _model_name(c) -> str:
+    return (f"the model of config.init.path={c.init.path}" if c.init.path
+            else f"config.model.name={c.model.name}")
+
+
+def tokenizer_path(c) -> str:
+    """The run's tokenizer dir (data/tokenization.py's rule): data.tokenizer, else init.path's
+    own tokenizer files, else MiniLM's for a model with its vocabulary, else a ConfigError
+    naming config.data.tokenizer and the model."""
+    return tokenization.resolve(model_config(c), explicit=c.data.tokenizer,
+                                model_dir=c.init.path or None, model=_model_name(c))
+
+
+def tokenizer(c):
+    """(tokenizer dir, the loaded tokenizer), checked against the model (one ConfigError
+    naming both when its vocabulary size or pad id disagree)."""
+    path = tokenizer_path(c)
+    tok = tokenization.load_tokenizer(path)
+    own = not c.data.tokenizer and bool(c.init.path) and path == str(c.init.path)
+    tokenization.check_fits(tok, path, model_config(c), own=own, model=_model_name(c))
+    return path, tok
 
 
 @functools.lru_cache(maxsize=4)
-def _corpus(files: tuple, root: str, tok_path: Optional[str], source: str):
+def _corpus(files: tuple, root: str, tok_path: str, source: str):
     tok = tokenization.load_tokenizer(tok_path)
     if source == "tfds":
         return pretraining.TokenizedCorpus.from_tfds(files[0], tok)
@@ -61,10 +83,10 @@ def _subset(examples, n: int, seed: int):
     return examples.subset(np.sort(np.random.default_rng(seed).permutation(len(examples))[:n]))
 
 
-def _prepared(c, tok) -> Sources:
+def _prepared(c, tok, tok_path: str) -> Sources:
     """Train: the Grain stream over the train shards; eval: batches of the held-out shards."""
     kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
-              tokenizer_path=tokenizer_path(c))
+              tokenizer_path=tok_path)
     return Sources(
         train=stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.batch_size,
                                      seed=c.seed, **kw),
@@ -73,10 +95,10 @@ def _prepared(c, tok) -> Sources:
         metrics=None)
 
 
-def _text(c, tok) -> Sources:
+def _text(c, tok, tok_path: str) -> Sources:
     if c.data.prepared:
-        return _prepared(c, tok)
-    corpus = _corpus(tuple(c.data.text_files), str(_root(c)), tokenizer_path(c), c.data.source)
+        return _prepared(c, tok, tok_path)
+    corpus = _corpus(tuple(c.data.text_files), str(_root(c)), tok_path, c.data.source)
     train, held = corpus.split(0.05, c.seed)
     kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
               whole_word_mask=c.data.whole_word_mask)
@@ -161,9 +183,9 @@ def describe(c, sources: Sources) -> str:
 
 
 def make_sources(c) -> Sources:
-    tok = tokenization.load_tokenizer(tokenizer_path(c))
+    tok_path, tok = tokenizer(c)
     if c.data.kind == "text":
-        return _text(c, tok)
+        return _text(c, tok, tok_path)
     if c.data.kind in ("glue", "tweets"):
         return _classification(c, tok)
     if c.data.kind == "squad":

@@ -3,16 +3,20 @@ and write the final model and report.json.
 
 Nothing is lost on a crash: checkpoints on the `checkpoint.every` interval (async) hold the
 whole train state including the data position, so the same command resumes and reaches the
-same params as an uninterrupted run. SIGTERM (preemption) saves the current step and stops
+same params as an uninterrupted run. A damaged newest checkpoint falls back to the newest
+older one that verifies (checkpoint.py); a config changed since the checkpoint is an error
+unless allowed (train/resume.py). SIGTERM (preemption) saves the current step and stops
 with `Preempted`. A non-finite loss stops the run naming the step; the last good checkpoint
-is kept (a bad state is never saved). Metrics are read one step late, and the next global
-batch is pulled from the input iterator (train/feed.py; Grain workers build it) and sent to
-the devices after the current step is dispatched, so input and compute overlap and the host
-never waits on the step it has just dispatched. The full log is WORKDIR/log.txt.
+is kept (a bad state is never saved). With `train.skip_nonfinite` such a step is skipped
+instead (train/guards.py), and only more than `train.max_consecutive_skips` in a row stop
+the run. Metrics are read one step late, and the next global batch is pulled from the input
+iterator (train/feed.py; Grain workers build it) and sent to the devices after the current
+step is dispatched, so input and compute overlap and the host never waits on the step it
+has just dispatched. The full log is WORKDIR/log.txt.
 
-WORKDIR may be local or a bucket (gs://...): paths go through etils.epath, as in Orbax. Logs
-and metrics of a bucket workdir are written locally (LOCAL_LOGS/<name>) and copied into it
-at the end.
+WORKDIR may be local or a bucket (gs://...): paths go through etils.epath, as in Orbax. Logs,
+metrics and TensorBoard events of a bucket workdir are written locally (LOCAL_LOGS/<name>)
+and copied into it every minute and at the end (paths.LogMirror).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.train import build as build_lib
 from prune_ofa_jax.train import feed as feed_lib
+from prune_ofa_jax.train import guards
 from prune_ofa_jax.train import inputs as inputs_lib
+from prune_ofa_jax.train import resume as resume_lib
 from prune_ofa_jax.train import validate as validate_lib
 
 log = logging.getLogger(__name__)
@@ -156,8 +162,20 @@ def log_dir(workdir) -> pathlib.Path:
     return LOCAL_LOGS / str(workdir).replace("://", "_").replace("/", "_")
 
 
-def run(config, workdir, build_fn=None, **build_options) -> dict:
+def _mirror(logdir, workdir, name: str):
+    """A bucket workdir's logs copied into it while the run writes them: process 0's log,
+    metrics and TensorBoard events, each other process's own log."""
+    if str(logdir) == str(workdir):
+        return contextlib.nullcontext()
+    names = (name, "metrics.jsonl", "tb") if jax.process_index() == 0 else (name,)
+    return paths.LogMirror(logdir, workdir, names)
+
+
+def run(config, workdir, build_fn=None, *, explicit=(), **build_options) -> dict:
     """Train per `config` in `workdir`; returns the report dict (also written as report.json).
+
+    explicit: the dotted config keys the user set on the command line (main.py passes them):
+    such a key wins over a recipe's key that would override it (validate.explicit).
 
     build_options: passed to the builder, e.g. `method=` (a pruning Method built in the
     caller's code) and `loss_terms=` (objectives.LossTerm's added to the objective) for
@@ -168,49 +186,44 @@ def run(config, workdir, build_fn=None, **build_options) -> dict:
     signature and the console), evaluate(state, data) -> metrics and saved_task (the task
     recorded with the final params)."""
     mesh_lib.maybe_initialize_distributed()  # first: anything below may touch the backend
-    config = presets.resolve(config)
-    validate_lib.validate(config)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     logdir = log_dir(workdir)
     name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
-    with logs.to_file(logdir, name), _sigterm_flag() as sigterm:
+    with _mirror(logdir, workdir, name), logs.to_file(logdir, name), \
+            _sigterm_flag() as sigterm:
         try:
+            config = validate_lib.explicit(presets.resolve(config), explicit)
+            validate_lib.validate(config)
+            validate_lib.check_models(config)
             builder = functools.partial(build_fn or build_lib.build, **build_options)
             return _run(config, workdir, sigterm, builder)
         except Exception as e:  # why the run stopped, in log.txt (the console: the CLI's line)
             log.error("run stopped: %s", e, exc_info=True, extra=logs.FILE_ONLY)
             raise
-        finally:
-            if str(logdir) != str(workdir) and jax.process_index() == 0:
-                for f in ("log.txt", "metrics.jsonl"):
-                    if (logdir / f).exists():
-                        epath.Path(logdir / f).copy(workdir / f, overwrite=True)
 
 
 def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dict:
     t_start, cpu_start = time.time(), time.process_time()
     data = inputs_lib.make_sources(config)
     config = presets.resolve_steps(config, data)  # train.epochs -> steps: the LR needs them
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    run_ = build_fn(config)
+    validate_lib.check_steps(config)
     ckpt_dir = workdir / "checkpoints"
     manager = ckpt_lib.make_manager(ckpt_dir, keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
-    meta = {"signature": _signature(run_)}
+    resume_lib.check_newest(config, manager)  # a changed config: before anything is built
+    run_ = build_fn(config)
+    meta = {"signature": _signature(run_), resume_lib.CONFIG: resume_lib.flatten(config)}
     _describe(run_, workdir)
     log.info("data: %s", inputs_lib.describe(config, data))
-    state = run_.state
-    restored = ckpt_lib.restore_latest(manager, state, meta)
-    if restored is not None:
-        state = restored[0]
-        log.info("resumed from step %d (%s)", int(state.step), ckpt_dir)
+    state, feed, resumed = _resume(config, data, run_, manager, meta)
+    resume_lib.record(workdir, config, resumed)
     start, total = int(state.step), config.train.steps
-    feed = _feed(config, data, run_, manager, int(state.data_position))
     writer = MetricWriter(log_dir(workdir))
     bar = _progress(total, start, config.train.progress)
-    checks = _LateCheck(writer, bar, config.train.log_every, total, manager, ckpt_dir)
-    step_fn = _aligned_start(run_, state, feed, start)
+    checks = _LateCheck(writer, bar, config.train, total, manager, ckpt_dir)
+    step_fn = _aligned_start(run_, guards.skip_nonfinite(run_) if config.train.skip_nonfinite
+                             else run_.step_fn, state, feed, start)
     try:
         for step in range(start, total):
             batch = feed.take()  # on the device already (prefetched during the last step)
@@ -247,28 +260,39 @@ def _run(config, workdir: epath.Path, sigterm: threading.Event, build_fn) -> dic
                    time.process_time() - cpu_start)
 
 
-def _aligned_start(run_, state, feed: feed_lib.Feed, start: int):
-    """The step function; multi-host: compiled here, then every process waits for the others,
+def _aligned_start(run_, step_fn, state, feed: feed_lib.Feed, start: int):
+    """`step_fn`; multi-host: compiled here, then every process waits for the others,
     so all enter the first step together (a slow compile on one host would otherwise leave
     the others waiting in its first collective, past gloo's 30 s on CPU hosts)."""
     if jax.process_count() == 1:
-        return run_.step_fn
+        return step_fn
     feed.prefetch()
-    compiled = run_.step_fn.lower(state, run_.teacher_params, feed.peek()).compile()
+    compiled = step_fn.lower(state, run_.teacher_params, feed.peek()).compile()
     mesh_lib.sync_hosts(f"prune_ofa_jax_loop_start_{start}")
     return compiled
 
 
-def _feed(config, data, run_, manager, position: int) -> feed_lib.Feed:
-    """The input iterator at the run's data position (its saved state when resuming)."""
-    it = feed_lib.host_iterator(data.train, position, config.data.worker_count,
-                                config.data.prefetch)
-    step = manager.latest_step()
-    if step is not None and not ckpt_lib.restore_data(manager, step, it) and position \
-            and not isinstance(it, feed_lib.RandomAccess):
-        raise ValueError(f"checkpoint step {step} has no input state to resume the stream "
-                         "from; use a fresh --workdir")
-    return feed_lib.Feed(it, run_.mesh, config.train.grad_accum)
+def _resume(config, data, run_, manager, meta: dict):
+    """(state, feed, step): the newest checkpoint that verifies and matches this run (else
+    the fresh state and None), and the input iterator at the same step's data position."""
+    it = feed_lib.host_iterator(data.train, 0, config.data.worker_count, config.data.prefetch)
+
+    def check(saved: dict, step: int) -> None:
+        resume_lib.check(config, meta["signature"], saved, step, manager.directory)
+
+    restored = ckpt_lib.restore(manager, run_.state, check_meta=check, data=it)
+    state = run_.state if restored is None else restored.state
+    position = int(state.data_position)
+    if restored is not None:
+        log.info("resumed from step %d (%s)", restored.step, manager.directory)
+        if not restored.data_restored and position:  # a checkpoint without the data item
+            if not isinstance(it, feed_lib.RandomAccess):
+                raise ckpt_lib.CheckpointError(
+                    f"checkpoint step {restored.step} has no input state to resume the "
+                    "stream from; use a fresh --workdir")
+            it.position = position
+    return (state, feed_lib.Feed(it, run_.mesh, config.train.grad_accum),
+            None if restored is None else restored.step)
 
 
 class _LateCheck:
@@ -276,11 +300,13 @@ class _LateCheck:
     step it has just dispatched, so it builds and transfers the next batch while that step
     runs. A state is saved or evaluated only after its own metrics were found finite."""
 
-    def __init__(self, writer: MetricWriter, bar, log_every: int, total: int, manager,
-                 ckpt_dir):
-        self.writer, self.bar, self.log_every, self.total = writer, bar, log_every, total
+    def __init__(self, writer: MetricWriter, bar, train_cfg, total: int, manager, ckpt_dir):
+        self.writer, self.bar, self.total = writer, bar, total
+        self.log_every = train_cfg.log_every
+        self.max_skips = train_cfg.max_consecutive_skips  # used with train.skip_nonfinite
         self.manager, self.ckpt_dir = manager, ckpt_dir
         self.pending = None
+        self.skipped: list = []  # the current run of consecutive skipped steps
 
     def push(self, done: int, metrics: dict) -> None:
         self.flush()
@@ -291,15 +317,32 @@ class _LateCheck:
             return
         (done, metrics), self.pending = self.pending, None
         loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        finite = math.isfinite(loss) and math.isfinite(gnorm)
+        if not finite and guards.SKIPPED in metrics:  # train.skip_nonfinite: the state is kept
+            self._skipped(done - 1, loss, gnorm)
+        elif not finite:
             raise NonFiniteLossError(
                 f"loss {loss}, grad norm {gnorm} at step {done - 1}; stopped. The last good "
                 f"checkpoint (step {self.manager.latest_step()}) in {self.ckpt_dir} is kept.")
-        if done % self.log_every == 0 or done == self.total:
+        else:
+            self.skipped = []
+        if done % self.log_every == 0 or done == self.total or not finite:
             m = jax.device_get(metrics)
             self.writer.write(done, m)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{loss:.3f}", sparsity=f"{float(m['sparsity']):.3f}")
+
+    def _skipped(self, step: int, loss: float, gnorm: float) -> None:
+        self.skipped.append(step)
+        first, n = self.skipped[0], len(self.skipped)
+        if n > self.max_skips:
+            raise NonFiniteLossError(
+                f"loss {loss}, grad norm {gnorm} at steps {first}-{step} ({n} in a row, more "
+                f"than train.max_consecutive_skips={self.max_skips}); stopped. The last "
+                f"checkpoint (step {self.manager.latest_step()}) in {self.ckpt_dir} is kept.")
+        log.warning("step %d skipped (train.skip_nonfinite): loss %s, grad norm %s; params, "
+                    "optimizer state and masks unchanged, its batch consumed (%d in a row)",
+                    step, loss, gnorm, n)
 
 
 def _log_eval(writer: MetricWriter, step: int, metrics: dict) -> None:
@@ -312,7 +355,8 @@ def _finish(run_, state, workdir, final_eval, wall, cpu) -> dict:
     """Final model (masks baked in) as a params checkpoint, and report.json."""
     params = mesh_lib.to_host(masks_lib.apply_masks(state.params, state.masks))
     task = run_.saved_task
-    params_ckpt.save_params(workdir / "model", params, run_.model_config, task, overwrite=True)
+    params_ckpt.save_params(workdir / "model", params, run_.model_config, task, overwrite=True,
+                            tokenizer_dir=inputs_lib.tokenizer_path(run_.config))
     if run_.config.quant.enabled:  # the int8 export's ranges (gathered on every process)
         quant_stats = mesh_lib.to_host(state.quant_stats)
         if jax.process_index() == 0:
