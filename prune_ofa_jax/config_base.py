@@ -81,6 +81,12 @@ def base() -> ml_collections.ConfigDict:
     c.data.whole_word_mask = False
     c.data.train_subset = 0           # 0 = all rows
     c.data.eval_subset = 0
+    c.data.split_seed = 0             # which rows are train / dev / held out (subsets, the
+    #                                 tweets split, the MLM held-out text): never the run's
+    #                                 seed, so every seed scores on the same dev rows
+    c.data.eval_files = ()            # kind text: globs under root; set, the MLM eval reads
+    #                                 these (text the run never trains on) instead of a
+    #                                 held-out 5 % of data.text_files
     c.data.eval_batches = 8           # MLM eval: number of held-out batches
     c.data.prepared = ""              # dir (local or gs://) from `python -m
     #                                 prune_ofa_jax.data.prepare`: stream it with Grain

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from prune_ofa_jax import paths
+from prune_ofa_jax import errors, paths
 from prune_ofa_jax.convert import loader
 from prune_ofa_jax.data import (classification, common, disaster_tweets, glue, pretraining, squad,
                                 squad_features, stream, text, tokenization)
@@ -77,10 +77,21 @@ def _corpus(files: tuple, root: str, tok_path: str, source: str):
     return pretraining.TokenizedCorpus.from_sources(text.sources_from_globs(files, root), tok)
 
 
-def _subset(examples, n: int, seed: int):
-    if not n or n >= len(examples):
+def subset_indices(total: int, n: int, split_seed: int):
+    """The sorted indices of a seeded random sample of n of `total` rows (None: n is 0 or
+    covers them all). Random over the whole file, so a SQuAD sample spans its articles."""
+    if not n or n >= total:
+        return None
+    return np.sort(np.random.default_rng(split_seed).permutation(total)[:n])
+
+
+def _subset(examples, n: int, split_seed: int):
+    idx = subset_indices(len(examples), n, split_seed)
+    if idx is None:
         return examples
-    return examples.subset(np.sort(np.random.default_rng(seed).permutation(len(examples))[:n]))
+    if isinstance(examples, list):  # SQuAD examples
+        return [examples[i] for i in idx]
+    return examples.subset(idx)
 
 
 def _prepared(c, tok, tok_path: str) -> Sources:
@@ -90,24 +101,59 @@ def _prepared(c, tok, tok_path: str) -> Sources:
     return Sources(
         train=stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.batch_size,
                                      seed=c.seed, **kw),
-        eval=stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.eval_batch_size,
-                                    seed=c.seed + 1, split="eval", **kw),
+        eval=(_mlm_eval(c, tok, tok_path) if c.data.eval_files else
+              stream.PreparedDataset(c.data.prepared, tok, batch_size=c.train.eval_batch_size,
+                                     seed=c.data.split_seed + 1, split="eval", **kw)),
         metrics=None)
+
+
+def _mlm_kw(c) -> dict:
+    return dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
+                whole_word_mask=c.data.whole_word_mask)
+
+
+def _files(globs, root) -> set:
+    return {str(pathlib.Path(f).resolve()) for s in text.sources_from_globs(globs, root)
+            for f in s.paths}
+
+
+def check_eval_files(c) -> None:
+    """data.eval_files must be text the run does not train on (a ConfigError otherwise)."""
+    if c.data.source == "tfds" or c.data.prepared:
+        return  # the train text is not local files: nothing to compare
+    both = _files(c.data.eval_files, _root(c)) & _files(c.data.text_files, _root(c))
+    if both:
+        raise errors.ConfigError(
+            f"config.data.eval_files: {sorted(both)[0]} is also in config.data.text_files, so "
+            "the held-out masked-LM eval would score text the run trains on; drop it from one")
+
+
+def _mlm_eval(c, tok, tok_path: str):
+    """The masked-LM eval over data.eval_files (all of their documents). Its instances and
+    masking are seeded by data.split_seed: every run scores on the same masked rows."""
+    check_eval_files(c)
+    corpus = _corpus(tuple(c.data.eval_files), str(_root(c)), tok_path, "local")
+    return pretraining.PretrainingDataset(corpus, tok, batch_size=c.train.eval_batch_size,
+                                          seed=c.data.split_seed + 1, **_mlm_kw(c))
 
 
 def _text(c, tok, tok_path: str) -> Sources:
+    """Train on data.text_files; evaluate on data.eval_files when set (the whole corpus
+    trains), else on a held-out 5 % of its documents (chosen by data.split_seed)."""
     if c.data.prepared:
         return _prepared(c, tok, tok_path)
     corpus = _corpus(tuple(c.data.text_files), str(_root(c)), tok_path, c.data.source)
-    train, held = corpus.split(0.05, c.seed)
-    kw = dict(max_len=c.data.seq_len, max_predictions=c.data.max_predictions, nsp=c.data.nsp,
-              whole_word_mask=c.data.whole_word_mask)
+    if c.data.eval_files:
+        train, held = corpus, _mlm_eval(c, tok, tok_path)
+    else:
+        train, held_corpus = corpus.split(0.05, c.data.split_seed)
+        held = pretraining.PretrainingDataset(held_corpus, tok,
+                                              batch_size=c.train.eval_batch_size,
+                                              seed=c.data.split_seed + 1, **_mlm_kw(c))
     return Sources(
         train=pretraining.PretrainingDataset(train, tok, batch_size=c.train.batch_size,
-                                             seed=c.seed, **kw),
-        eval=pretraining.PretrainingDataset(held, tok, batch_size=c.train.eval_batch_size,
-                                            seed=c.seed + 1, **kw),
-        metrics=None)
+                                             seed=c.seed, **_mlm_kw(c)),
+        eval=held, metrics=None)
 
 
 def _glue_examples(c, split: str):
@@ -123,23 +169,37 @@ def _glue_examples(c, split: str):
     return glue.load(spec.name, split, data_dir=root)  # raises the error naming the paths
 
 
-def _classification(c, tok) -> Sources:
-    if c.data.kind == "tweets":
-        train_ex, dev_ex = disaster_tweets.train_dev_split(disaster_tweets.load(_root(c) / TWEETS), 0.1, c.seed)
+def tweets_split(root, split_seed: int = 0):
+    """(train, dev) of the tweets file under data root `root`: 90/10, stratified, fixed by
+    `split_seed` (config.data.split_seed), the same for every run seed and every teacher."""
+    return disaster_tweets.train_dev_split(
+        disaster_tweets.load(pathlib.Path(root) / TWEETS), 0.1, split_seed)
 
+
+def classification_examples(c):
+    """(train, dev) Examples of a glue/tweets run, after the split and the subsets: the rows
+    the run trains on and scores (e.g. for a study's majority-class baseline)."""
+    if c.data.kind == "tweets":
+        train_ex, dev_ex = tweets_split(_root(c), c.data.split_seed)
+    else:
+        train_ex = _glue_examples(c, "train")
+        dev_ex = _glue_examples(c, glue.task(c.data.glue_task).eval_splits[0])
+    return (_subset(train_ex, c.data.train_subset, c.data.split_seed),
+            _subset(dev_ex, c.data.eval_subset, c.data.split_seed))
+
+
+def _classification(c, tok) -> Sources:
+    train_ex, dev_ex = classification_examples(c)
+    if c.data.kind == "tweets":
         def metrics(out):
             pred = out["logits"].argmax(-1)
             return {"accuracy": glue_metrics.accuracy(pred, dev_ex.labels),
                     "f1": glue_metrics.f1_binary(pred, dev_ex.labels)}
     else:
         spec = glue.task(c.data.glue_task)
-        train_ex = _glue_examples(c, "train")
-        dev_ex = _glue_examples(c, spec.eval_splits[0])
 
         def metrics(out):
             return glue_metrics.compute(spec.name, out["logits"], dev_ex.labels)
-    train_ex = _subset(train_ex, c.data.train_subset, c.seed)
-    dev_ex = _subset(dev_ex, c.data.eval_subset, c.seed)
     kw = dict(max_len=c.data.seq_len, seed=c.seed)
     train = classification.ClassificationDataset(train_ex, tok, batch_size=c.train.batch_size,
                                                  **kw)
@@ -150,16 +210,20 @@ def _classification(c, tok) -> Sources:
         metrics=metrics)
 
 
-def _squad(c, tok) -> Sources:
+def squad_examples(c):
+    """(train, dev) SquadExample lists of a squad run: seeded samples over the whole file
+    (questions of every article, not the file's head), fixed by data.split_seed."""
     if c.data.source == "tfds":
         train_ex, dev_ex = squad.load_tfds("train"), squad.load_tfds("validation")
     else:
         train_ex = squad.load_json(_root(c) / SQUAD_TRAIN)
         dev_ex = squad.load_json(_root(c) / SQUAD_DEV)
-    if c.data.train_subset:
-        train_ex = train_ex[:c.data.train_subset]
-    if c.data.eval_subset:
-        dev_ex = dev_ex[:c.data.eval_subset]
+    return (_subset(train_ex, c.data.train_subset, c.data.split_seed),
+            _subset(dev_ex, c.data.eval_subset, c.data.split_seed))
+
+
+def _squad(c, tok) -> Sources:
+    train_ex, dev_ex = squad_examples(c)
     feats = squad_features.EvalFeatures(dev_ex, tok, max_len=c.data.seq_len)
     gold = squad.gold_answers(dev_ex)
 
@@ -177,6 +241,8 @@ def describe(c, sources: Sources) -> str:
     what = {"text": (f"prepared {c.data.prepared}" if c.data.prepared
                      else "text " + ", ".join(c.data.text_files)), "glue": f"GLUE {c.data.glue_task}",
             "squad": "SQuAD v1.1", "tweets": "disaster tweets"}[c.data.kind]
+    if c.data.kind == "text" and c.data.eval_files:
+        what += "; MLM eval on " + ", ".join(c.data.eval_files)
     epoch = getattr(sources.train, "steps_per_epoch", None)
     size = f", {epoch:,} steps per epoch" if isinstance(epoch, int) else ""
     return f"{what} ({c.data.source}{size}), seq_len {c.data.seq_len}"

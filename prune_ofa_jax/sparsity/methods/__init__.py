@@ -6,7 +6,8 @@ forward sees, which weights train. One file per method, each registering itself 
 - movement_hard: movement pruning, top-k of STE-trained scores, weights fine-tune;
 - movement_soft: movement pruning, threshold on sigmoid(scores) + L1, weights fine-tune;
 - adaprune:      Adapting by Pruning, frozen weights, sigmoid(t_l theta) masks, gamma push;
-- supermask:     frozen weights, 1[score > 0.01] with STE (Zhao et al. 2020).
+- supermask:     frozen weights, 1[score > 0.01] with STE (Zhao et al. 2020);
+- random_mask:   a seeded random top-k, frozen weights: the learned masks' baseline.
 
 A new method is one file in this folder (every module here is imported below, so the file
 registers itself by being there), or a class in a user's own code, decorated with

@@ -42,7 +42,10 @@ class Supermask(base.Method):
 
     def init_scores(self, params, masks, rng):
         del params
-        keys = base.leaf_keys(rng, masks)
+        # Its own stream: AdaPrune draws its theta from `rng` itself, and a uniform and a
+        # normal drawn from the same bits are monotone in each other, so at one run seed the
+        # two methods' initial masks would coincide.
+        keys = base.leaf_keys(jax.random.fold_in(rng, 1), masks)
         return base.map_scored(
             lambda m, k: self.threshold + self.init_scale * (
                 jax.random.uniform(k, m.shape, jnp.float32) - self.target), masks, keys)
