@@ -8,7 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+import train_helpers
+import transformers
 
+from prune_ofa_jax import paths
 from prune_ofa_jax.data import prepare, pretraining, records, stream, text, tokenization
 
 
@@ -137,3 +140,17 @@ def test_tfds_source_work_items(monkeypatch):
     assert prepare.work_index(items[1]) == 1
     with pytest.raises(ValueError, match="--source"):
         prepare.work_items("wiki")
+
+
+def test_tokenizer_hash_ignores_call_settings_but_not_the_vocabulary(tmp_path, tok):
+    """A call with max_length/padding rewrites the fast tokenizer's truncation and padding
+    in place: the hash a manifest stores must not depend on whether the tokenizer was used
+    before in that process (a prepare in a process that tokenised before would otherwise be
+    refused by every fresh run)."""
+    fresh = transformers.AutoTokenizer.from_pretrained(str(paths.minilm_dir()))
+    before = records.tokenizer_sha256(fresh)
+    fresh(["a few words"] * 2, truncation=True, max_length=7, padding="max_length")
+    assert records.tokenizer_sha256(fresh) == before == records.tokenizer_sha256(tok)
+    other = transformers.AutoTokenizer.from_pretrained(
+        train_helpers.tiny_tokenizer(tmp_path / "tiny", 100))
+    assert records.tokenizer_sha256(other) != before

@@ -74,9 +74,20 @@ def decode(raw: bytes) -> Chunk:
 
 
 def tokenizer_sha256(tokenizer) -> str:
-    """Hash of the fast tokenizer's full serialisation (vocab, normaliser, pre-tokeniser)."""
-    backend = tokenizer.backend_tokenizer
-    return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
+    """Hash of what the fast tokenizer maps text to (vocab, normaliser, pre-tokeniser, post-
+    processor): its serialisation without the truncation and padding settings, which every
+    call with `max_length`/`padding` rewrites in place (the same tokenizer would otherwise
+    hash differently before and after its first use in a process)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _serialisation_sha256(tokenizer) -> str:
+    """The hash older manifests hold: of the whole serialisation as it stands (call
+    settings included), accepted too, so their corpora need no new prepare."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -103,7 +114,7 @@ def load_manifest(directory) -> dict:
 def check_fits(manifest: dict, directory, tokenizer, tokenizer_path, seq_len: int) -> None:
     """A clear error when the prepared corpus was tokenised differently from this run."""
     want = tokenizer_sha256(tokenizer)
-    if manifest["tokenizer_sha256"] != want:
+    if manifest["tokenizer_sha256"] not in (want, _serialisation_sha256(tokenizer)):
         raise PreparedDataError(
             f"config.data.prepared={directory} was tokenised with {manifest['tokenizer']!r} "
             f"(sha256 {manifest['tokenizer_sha256'][:12]}), but this run's tokenizer "
