@@ -47,12 +47,23 @@ CACHE_LIMIT_BYTES = 2 * 2**30
 
 
 def pytest_configure(config):
-    """Empties the compilation cache once it is over CACHE_LIMIT_BYTES (controller only)."""
+    """Registers the `slow` marker; empties the compilation cache once it is over
+    CACHE_LIMIT_BYTES (controller only)."""
+    config.addinivalue_line("markers", "slow: takes a minute or more; scheduled first")
     cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
     if hasattr(config, "workerinput") or not cache.is_dir():
         return
     if sum(f.stat().st_size for f in cache.iterdir()) > CACHE_LIMIT_BYTES:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` run first (the order is otherwise kept). With `worksteal` the long
+    ones then start while short ones are still queued to balance them against; a long test
+    started last would leave the other core idle for its whole length (the end-to-end tests
+    take minutes on CI's 2 cores)."""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_xdist_auto_num_workers(config):

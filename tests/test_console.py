@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import train_helpers
 
 from prune_ofa_jax import jsonio
@@ -37,6 +39,7 @@ def _library_info(log_txt: str) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_short_finetune_console_is_quiet_and_log_is_complete(tmp_path, tiny_ckpts):
     init = tiny_ckpts["bert"]  # MLM+NSP heads: the new classifier is reported (a warning)
     workdir = tmp_path / "run"

@@ -91,6 +91,7 @@ def _shapes(hlo: str):
         yield int(np.prod([int(d) for d in dims.split(",") if d]))
 
 
+@pytest.mark.slow
 def test_reference_step_never_holds_full_vocab_logits(tiny_ckpts):
     """The compiled Prune OFA step with all-token KD: fused, no array of B*L*V elements
     (the naive step, compiled the same way, has them: the check can fail)."""

@@ -86,6 +86,7 @@ def _killing_prefetch(monkeypatch, at: int):
     monkeypatch.setattr(feed.Feed, "prefetch", prefetch)
 
 
+@pytest.mark.slow
 def test_upstream_recipe_on_a_bucket_killed_resumed_and_exported(
         gcs, tiny_ckpts, shared_data, monkeypatch):
     init, data, wd = f"{gcs}/init", f"{gcs}/prepared", epath.Path(f"{gcs}/runs/up")

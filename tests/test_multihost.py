@@ -146,6 +146,7 @@ def _assert_same_report(single: dict, workdir: pathlib.Path, config):
                          noise_bound=config.optim.lr * single["steps"])
 
 
+@pytest.mark.slow
 def test_recipes_two_processes_match_one_and_resume_after_sigterm(tiny_ckpts, prepared_corpus,
                                                                   shared_data, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"

@@ -84,6 +84,7 @@ def _kill():
     raise KeyboardInterrupt("simulated kill")
 
 
+@pytest.mark.slow
 def test_kill_and_sigterm_resume_equal_uninterrupted(init_dir, tmp_path, monkeypatch):
     """SIGTERM during step 6: the step finishes, is saved, and the run stops cleanly; a hard
     kill during step 8 then loses step 7 only. Then step 6's checkpoint is damaged (a
