@@ -26,8 +26,9 @@ COMMANDS = {  # command: (the module `python -m` runs, with main(argv) -> int; w
                       "recommend a KD pipeline for a task"),
     "nas": ("prune_ofa_jax.nas", "AutoTinyBERT: supernet, search, extract, fine-tune"),
     "extract": ("prune_ofa_jax.nas.extract", "a supernet sub-model as a plain HF BERT"),
-    "study": ("prune_ofa_jax.study", "the studies: compression, masks, reproduce, distiller"),
+    "study": ("prune_ofa_jax.study", "the studies: compression, masks, reproduce, distiller, obs"),
     "tweets": ("prune_ofa_jax.study.tweets", "Kaggle disaster-tweets predictions (a CSV)"),
+    "prune-once": ("prune_ofa_jax.prune_once", "one-shot magnitude / OBS pruning, scored"),
 }
 
 

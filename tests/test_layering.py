@@ -15,8 +15,9 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "prune_ofa_jax"
 # The application layer: the demo, the studies, architecture search, the KD search and
-# AutoDistiller, the benchmarks, and every command line (`main`, any `__main__`).
-APPLICATION = {"main", "demo", "study", "nas", "kdsearch", "bench"}
+# AutoDistiller, the benchmarks, one-shot pruning, and every command line (`main`, any
+# `__main__`).
+APPLICATION = {"main", "demo", "study", "nas", "kdsearch", "bench", "prune_once"}
 LEAVES = {"errors", "paths", "jsonio", "logs", "cli"}
 # Old command spellings kept working (`python -m <old>`): each only forwards to the command
 # that replaced it, so it counts as a command line.

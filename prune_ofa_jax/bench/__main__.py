@@ -2,7 +2,7 @@
 bench`):
 
   python -m prune_ofa_jax.bench [--config.model=minilm-l6|bert-base-uncased|bert-tiny ...]
-      [--config.steps=5] [--config.suite=all|kd|presets|input|inference] [--workdir DIR]
+      [--config.steps=5] [--config.suite=all|kd|presets|input|inference|obs] [--workdir DIR]
 
 Writes DIR/bench.json (default bench_results/) and prints the figures as a table. The bench
 settings are the config below (bench/settings.py), each overridden as --config.KEY=VALUE.
@@ -13,7 +13,7 @@ import sys
 from absl import logging as absl_logging
 
 from prune_ofa_jax import cli
-from prune_ofa_jax.bench import core, inference
+from prune_ofa_jax.bench import core, inference, obs_bench
 from prune_ofa_jax.bench import input as input_bench
 from prune_ofa_jax.bench import settings
 
@@ -33,9 +33,10 @@ def main(argv=None) -> int:
 
     def body():
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs each save/load at INFO
-        # Two suites are benches of their own: classifier latency and the pre-training input.
-        run = {"inference": inference.run, "input": input_bench.run}.get(args.config.suite,
-                                                                         core.run)
+        # Three suites are benches of their own: classifier latency, the pre-training input
+        # and second-order pruning's cost.
+        run = {"inference": inference.run, "input": input_bench.run,
+               "obs": obs_bench.run}.get(args.config.suite, core.run)
         run(args.config, args.workdir)
 
     return cli.run(body, verbose=args.verbose)

@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.suite = "all"               # all | kd (the reference all-token KD figures only) |
     #                               presets (the cost of each reference-preset choice) |
     #                               input (pre-training input: bench/input.py) |
-    #                               inference (classifier latency: bench/inference.py)
+    #                               inference (classifier latency: bench/inference.py) |
+    #                               obs (second-order pruning's cost: bench/obs_bench.py)
     c.model = "bert-small"        # an alias above or a models.config name (minilm-l6, ...)
     c.overrides = ""              # extra ModelConfig fields: "num_layers=2,vocab_size=1000"
     c.dtype = "float32"           # compute dtype of the CPU figures
@@ -47,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.inference.budget_s_per_batch = 60.0  # timed rounds per model and batch size
     c.inference.min_rounds = 5
     c.inference.max_rounds = 40
+    c.inference.threads = 0       # intra-op threads of every runtime (0 = all cores)
+    c.inference.warmup = 2        # untimed calls per variant and batch size
     c.accel = ml_collections.ConfigDict()   # GPU/TPU section (skipped on CPU)
     c.accel.model = "bert-base-uncased"
     c.accel.overrides = ""        # as c.overrides, for the accelerator model
@@ -58,6 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.accel.max_predictions = 20
     c.accel.warmup = 3
     c.accel.steps = 10
+    c.obs = ml_collections.ConfigDict()     # suite=obs (bench/obs_bench.py)
+    c.obs.block_size = 50         # the reference's Fisher block
+    c.obs.num_grads = 16          # gradients per Fisher (at least every timed step's)
+    c.obs.damp = 0.01             # relative (sparsity/obs.py)
     c.input = ml_collections.ConfigDict()   # suite=input (bench/input.py)
     c.input.small_tokens = 20e6   # synthetic prepared corpora for time-to-first-batch
     c.input.large_tokens = 200e6

@@ -50,6 +50,7 @@ factorises) a whole Fisher; only kernel <-> blocks reshapes and the exact-count 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -124,8 +125,38 @@ def _constrain(x: jax.Array, mesh) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, block_spec(mesh, x.ndim)))
 
 
-def _blockwise(fn, mesh, blocked: Sequence[jax.Array], scalars: Sequence[jax.Array] = ()):
-    """fn(*blocked, *scalars) per block; under `mesh`, each device on its own blocks only."""
+# The per-block factorisations make B passes over their [N, B, B] arrays, so on CPU they are
+# memory bound: in chunks whose arrays stay in cache (lax.map over ~1 MB of blocks) a prune
+# runs 2.5-4x faster than in whole-array passes (MiniLM shapes, B = 32 and 50), bit for bit
+# the same (the blocks are independent).
+CHUNK_BYTES = 1 << 20
+
+
+def _in_chunks(fn):
+    """fn(*blocked, *scalars) over consecutive chunks of blocks (`_blockwise`'s fn)."""
+    def run(*blocked_and_scalars, n_blocked: int):
+        blocked, scalars = blocked_and_scalars[:n_blocked], blocked_and_scalars[n_blocked:]
+        n, size = blocked[0].shape[0], blocked[0].shape[-1]
+        chunk = max(1, CHUNK_BYTES // (4 * size * size))
+        m = n - n % chunk
+        if m == 0:
+            return fn(*blocked, *scalars)
+        head = jax.lax.map(lambda xs: fn(*xs, *scalars), tuple(
+            x[:m].reshape((m // chunk, chunk) + x.shape[1:]) for x in blocked))
+        head = jax.tree.map(lambda y: y.reshape((m,) + y.shape[2:]), head)
+        if m == n:
+            return head
+        tail = fn(*(x[m:] for x in blocked), *scalars)
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, tail)
+    return run
+
+
+def _blockwise(fn, mesh, blocked: Sequence[jax.Array], scalars: Sequence[jax.Array] = (),
+               chunked: bool = False):
+    """fn(*blocked, *scalars) per block; under `mesh`, each device on its own blocks only;
+    `chunked`: in cache-sized chunks of blocks (the factorisations)."""
+    if chunked:
+        fn = functools.partial(_in_chunks(fn), n_blocked=len(blocked))
     if mesh is None:
         return fn(*blocked, *scalars)
     for x in blocked:
@@ -309,7 +340,8 @@ def saliency(params: PyTree, fisher: Fisher, masks: PyTree, damp, *,
         if m is None:
             return None
         w, alive = _blocks_of(p, m, s)
-        return from_blocks(_blockwise(block_saliency, mesh, (s, w, alive), scalars), p.shape)
+        return from_blocks(_blockwise(block_saliency, mesh, (s, w, alive), scalars, True),
+                           p.shape)
 
     return jax.tree.map(one, params, masks, fisher.sums, is_leaf=lambda x: x is None)
 
@@ -347,7 +379,7 @@ def update(params: PyTree, fisher: Fisher, masks: PyTree, new_masks: PyTree, dam
             return p
         w, alive = _blocks_of(p, m, s)
         pruned = to_blocks(m & ~n, *_layout(s))
-        out = from_blocks(_blockwise(block_update, mesh, (s, w, alive, pruned), scalars),
+        out = from_blocks(_blockwise(block_update, mesh, (s, w, alive, pruned), scalars, True),
                           p.shape)
         return jnp.where(n, out, 0.0).astype(p.dtype)
 

@@ -209,7 +209,8 @@ def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
     lr_fn = optim.learning_rate_fn(config.optim, total, rewind)
     tx = optim.make_optimizer(config.optim, lr_fn)
     masks = make_masks(config, params)
-    method = make_method(config) if method is None else method
+    method = dataclasses.replace(make_method(config) if method is None else method, mesh=mesh,
+                                 model=mcfg)
     schedule = method.schedule
 
     # Shardings from the logical axis names of the (abstract) params.
@@ -218,6 +219,9 @@ def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
     abstract_opt = jax.eval_shape(tx.init, params)
     aux, aux_tx, aux_shard = aux_lib.combine(aux_parts(config, params, p_shard, lr_fn, method),
                                              mesh)
+    method_shard = method.state_shardings(jax.eval_shape(method.init_state, masks))
+    if line := method.describe_state(masks):  # e.g. the memory OBS's Fisher takes
+        log.info("%s", line)
     state_shardings = TrainState(
         step=mesh_lib.replicated(mesh, 0), params=p_shard,
         opt_state=mesh_lib.opt_state_shardings(tx, abstract_opt, p_shard, mesh),
@@ -225,9 +229,12 @@ def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
         quant_stats=mesh_lib.replicated(mesh, quant_stats),
         data_position=mesh_lib.replicated(mesh, 0), aux=aux_shard,
         aux_opt_state=mesh_lib.opt_state_shardings(
-            aux_tx, jax.eval_shape(aux_tx.init, aux), aux_shard, mesh) if aux else {})
-    # Build the state inside jit so every leaf lands in its own buffer with its sharding.
-    state = jax.jit(lambda p, m, q, a: TrainState.create(p, tx, m, q, a, aux_tx),
+            aux_tx, jax.eval_shape(aux_tx.init, aux), aux_shard, mesh) if aux else {},
+        method_state=method_shard)
+    # Build the state inside jit so every leaf lands in its own buffer with its sharding (the
+    # method's state too: a Fisher's zeros are made on the devices, never on the host).
+    state = jax.jit(lambda p, m, q, a: TrainState.create(p, tx, m, q, a, aux_tx,
+                                                         method.init_state(m)),
                     out_shardings=state_shardings)(
         *jax.device_get((params, masks, quant_stats, aux)))
 

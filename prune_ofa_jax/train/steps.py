@@ -6,15 +6,18 @@ shardings (train/loop.py). One Prune OFA step:
   1. rng = fold_in(seed, step); the batch arrives sharded, shaped [accum, micro_batch, ...];
   2. this step's masks from the pruning method (sparsity/methods): magnitude recomputes them
      under lax.cond on the schedule's update steps only, from the latent weights; learned
-     methods derive them from their scores (state.aux); a locked pattern never changes;
+     methods derive them from their scores (state.aux); a locked pattern never changes; a
+     method that also corrects the weights when it prunes (OBS) does it here, with its own
+     non-trainable state (state.method_state: OBS's Fisher);
   3. the frozen teacher runs outside value_and_grad, under stop_gradient;
   4. loss(params, aux): the method's view of the params (masked; for learned masks the mask
      carries the gradient to the scores) -> student forward (fake-quant after masking in QAT,
      so zeros stay zero) -> task_weight * task + kd_weight * T^2 KL (+ the method's penalty,
      + the user's loss terms, cfg.loss_terms: train/objectives.py);
-  5. grads of pruned entries and frozen weights zeroed; AdamW update; the method then keeps
-     frozen weights bit-identical and hard-zeroes pruned ones, unless it keeps dense latent
-     weights (`regrow`, the Intel reference, and every learned-mask method);
+  5. the method observes the step's gradient (OBS: into its Fisher, in the window before
+     each of its prunes); grads of pruned entries and frozen weights zeroed; AdamW update;
+     the method then keeps frozen weights bit-identical and hard-zeroes pruned ones, unless
+     it keeps dense latent weights (`regrow`, the Intel reference, every learned-mask method);
   6. metrics: each loss term, global sparsity, learning rate, grad norm.
 Trainable extras beside the model (`state.aux`: learned-mask scores, MI critics; train/aux.py)
 are differentiated in the same loss and updated by their own `aux_tx`.
@@ -89,30 +92,33 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
     pruning method (sparsity/methods/base.py), the only place masks are made."""
     rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
     masks = method.masks(state.params, state.aux, state.masks, state.step)
+    params, masks, method_state = method.prune(state.params, masks, state.method_state,
+                                               state.step)
 
     def micro(carry, xs):
         grads_sum, stats = carry
         micro_batch, k = xs
         grads, terms, stats = _loss_and_grads(
-            state.params, state.aux, masks, stats, teacher_params, micro_batch,
+            params, state.aux, masks, stats, teacher_params, micro_batch,
             jax.random.fold_in(rng, k), state.step, model=model, teacher=teacher, cfg=cfg,
             method=method)
         return (jax.tree.map(jnp.add, grads_sum, grads), stats), terms
 
     accum = jax.tree.leaves(batch)[0].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, (state.params, state.aux))
+    zeros = jax.tree.map(jnp.zeros_like, (params, state.aux))
     ((grads, aux_grads), quant_stats), terms = jax.lax.scan(
         micro, (zeros, state.quant_stats), (batch, jnp.arange(accum)))
-    grads = method.weight_grads(jax.tree.map(lambda g: g / accum, grads), masks)
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    method_state = method.observe(method_state, grads, masks, state.step)
+    grads = method.weight_grads(grads, masks)
     aux, aux_opt_state = state.aux, state.aux_opt_state
     if state.aux:  # static: the pytree structure, never a traced value
         aux_updates, aux_opt_state = aux_tx.update(
             jax.tree.map(lambda g: g / accum, aux_grads), aux_opt_state, aux)
         aux = optax.apply_updates(aux, aux_updates)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = method.weights_after_update(
-        state.params, optax.apply_updates(state.params, updates), masks)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = method.weights_after_update(params, optax.apply_updates(params, updates), masks)
 
     metrics = {k: v.mean() for k, v in terms.items()}
     metrics.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads),
@@ -120,7 +126,7 @@ def train_step(state: TrainState, teacher_params: Any, batch: dict, *, model, te
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               masks=masks, quant_stats=quant_stats,
                               data_position=state.data_position + 1, aux=aux,
-                              aux_opt_state=aux_opt_state)
+                              aux_opt_state=aux_opt_state, method_state=method_state)
     return new_state, metrics
 
 

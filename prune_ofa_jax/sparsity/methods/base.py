@@ -3,7 +3,9 @@
 The train step (train/steps.py) calls these hooks and nothing else about pruning:
 
   masks   = method.masks(params, aux, old_masks, step)   # this step's hard bool masks
+  params, masks, mstate = method.prune(params, masks, mstate, step)  # weights too (OBS)
   loss(p, a): forward(method.forward_params(p, a, masks)) + method.penalty(a, masks, step)
+  mstate  = method.observe(mstate, grads, masks, step)   # the step's gradient, unmasked
   grads   = method.weight_grads(grads, masks)             # before the optimizer
   params  = method.weights_after_update(old, new, masks)  # after it
 
@@ -13,6 +15,14 @@ on leaves that are never pruned), `score_tx` its optimizer; the step differentia
 together with the params and checkpoints it. In the spirit of jaxpruner's `BaseUpdater`
 (scores -> masks under a schedule), but the scores are differentiable state here, so
 movement pruning and learned masks over frozen weights fit the same step.
+
+A method's own state that is NOT trained (OBS's running Fisher) is `state.method_state`:
+`init_state(masks)` builds it (inside jit, with `state_shardings` for it), `observe` updates
+it from every step's gradient and `prune` may change params, masks and state on the
+method's update steps (under lax.cond). The base class has none ({}), and its `prune` and
+`observe` return what they get, so the other methods' steps are what they were, bit for bit.
+`mesh` is the run's mesh (train/build.py sets it), for state sharded over it; `model` the
+run's ModelConfig (set there too), for methods whose units are heads and neurons.
 
 This base class is the plain case: masks stay as they are (a dense run, or fine-tuning with
 a locked pattern); magnitude.py adds the GMP schedule, the others learn scores.
@@ -35,6 +45,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from prune_ofa_jax import errors, registry
 from prune_ofa_jax.sparsity import exact_topk
@@ -60,6 +72,8 @@ class Method:
     pattern: Any = patterns.Unstructured()
     frozen_weights: bool = False
     regrow: bool = False
+    mesh: Any = dataclasses.field(default=None, compare=False)  # set by train/build.py
+    model: Any = dataclasses.field(default=None, compare=False)  # the ModelConfig, ditto
 
     name = "fixed"          # set by `register` to the config name
     learns_scores = False   # class constants: whether init_scores/score_tx are used
@@ -126,6 +140,35 @@ class Method:
         """The scores' optimizer; lr_shape(step) is the run's LR schedule over its peak."""
         del lr_shape
         return optax.identity()
+
+    # --- non-trainable state (state.method_state) ------------------------------------
+    def init_state(self, masks) -> Any:
+        """The method's own state (e.g. a Fisher) for a run with these masks (arrays or
+        shapes); built inside jit, so zeros land directly in their shardings. {}: none."""
+        del masks
+        return {}
+
+    def state_shardings(self, state) -> Any:
+        """NamedShardings for an (abstract) `init_state` value; the base: replicated."""
+        return jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
+
+    def describe_state(self, masks) -> str:
+        """One line for the run's log about the state's memory ("": nothing to say)."""
+        del masks
+        return ""
+
+    def prune(self, params, masks, state, step):
+        """(params, masks, state) this step trains with, after `masks`: a method that
+        changes the weights themselves when it prunes (OBS's update of the kept weights)
+        does it here, on its update steps only; the base returns its arguments."""
+        del step
+        return params, masks, state
+
+    def observe(self, state, grads, masks, step):
+        """The state after this step's gradient (params-structured, the mean over the
+        micro-batches, before any masking); the base keeps none."""
+        del grads, masks, step
+        return state
 
     # --- masks and the forward ---------------------------------------------------------
     def masks(self, params, aux, masks, step):
