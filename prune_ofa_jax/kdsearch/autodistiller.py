@@ -4,7 +4,7 @@ trained on the accumulated results table of our runs (the meta-table), ranks can
 pipelines for a task. A task's own rows are always left out of the fit, so a recommendation
 is what the regressor says about a dataset it has not seen (leave-one-task-out).
 
-  python -m prune_ofa_jax.kdsearch.autodistiller recommend --task mrpc [--table CSV] [--top 5]
+  python -m prune_ofa_jax.kdsearch.autodistiller recommend --task sst2 [--table CSV] [--top 5]
   python -m prune_ofa_jax.kdsearch.autodistiller evaluate [--table CSV]     (leave-one-task-out)
 
 The default table is the meta-table our study produced (kdsearch/meta_table.csv).
@@ -139,8 +139,11 @@ def recommend(rows: list, task: str, meta: dict, n_candidates: int = 256, seed: 
 
 
 def leave_one_task_out(rows: list, seed: int = 0) -> dict:
-    """Per task: Spearman's rho between predicted and measured ratios of its rows, and the
-    measured ratio of the row the regressor ranks first vs the best and the mean row."""
+    """Per task, a diagnostic of the regressor's ranking over the task's EXISTING rows:
+    Spearman's rho between predicted and measured ratios, and the measured ratio of the
+    existing row it ranks first (`top_ranked_row_ratio`) vs the best and the mean row. Its
+    recommendation (a pipeline of the candidate pool, maybe never run) is `recommend`'s; the
+    study runs that one and reports it measured."""
     from scipy.stats import spearmanr  # pylint: disable=import-outside-toplevel
     out = {}
     for task in sorted({r["task"] for r in rows}):
@@ -152,7 +155,7 @@ def leave_one_task_out(rows: list, seed: int = 0) -> dict:
         varied = len(mine) > 2 and np.ptp(pred) > 0 and np.ptp(actual) > 0
         rho = spearmanr(pred, actual).statistic if varied else float("nan")
         out[task] = {"rows": len(mine), "spearman": float(rho),
-                     "top_pick_ratio": float(actual[int(np.argmax(pred))]),
+                     "top_ranked_row_ratio": float(actual[int(np.argmax(pred))]),
                      "best_ratio": float(actual.max()), "mean_ratio": float(actual.mean())}
     return out
 

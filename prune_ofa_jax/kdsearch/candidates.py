@@ -71,8 +71,9 @@ def key(pipe: dict) -> str:
 
 def apply(c, pipe: dict, mlm_path: str = "") -> None:
     """Sets the config keys of `pipe` on a fine-tuning config `c` (teacher.path set by the
-    caller; cleared when the pipeline has no teacher). Augmentation doubles the batch, as
-    Distiller: as many original rows per step as without, plus as many augmented ones."""
+    caller; cleared when the pipeline has no teacher). An augmented row costs a row: the batch
+    keeps its size, half of it augmented rows, so every pipeline sees the same rows per step
+    and step for step the same compute (Distiller doubles the batch instead)."""
     pipe = canonical(pipe)
     d = c.distill
     d.kd_weight, d.task_weight = float(pipe["kd_weight"]), float(pipe["task_weight"])
@@ -89,7 +90,6 @@ def apply(c, pipe: dict, mlm_path: str = "") -> None:
     c.augment.kinds = kinds
     if kinds:
         c.augment.fraction = 0.5
-        c.train.batch_size *= 2
         c.augment.mlm_path = mlm_path if "contextual" in kinds else ""
 
 

@@ -2,7 +2,7 @@
 intermediate objective, layer map, features, augmentation, weights), each a short student
 run; every run goes to a results table and the best one to best_config.json.
 
-  python -m prune_ofa_jax.kdsearch.random_search --task mrpc --budget N [--workdir DIR]
+  python -m prune_ofa_jax.kdsearch.random_search --task sst2 --budget N [--workdir DIR]
       [--seed 0] [--size test]
 
 TASK: sst2, mrpc or tweets; `--size test` (a few steps per run, for the suite) has mrpc and

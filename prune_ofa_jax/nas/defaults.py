@@ -34,7 +34,8 @@ def defaults() -> ml_collections.ConfigDict:
     n.latency.threads = 1              # torch intra-op threads (theirs: 1); 0 = torch default
     n.latency.num_archs = 60           # random archs measured for the predictor (+ fixed ones)
     n.latency.warmup = 2
-    n.latency.repeats = 7              # median of these
+    n.latency.repeats = 7              # median of these (rounds, runtime/latency.py)
+    n.latency.group = 6                # hf_torch: archs timed side by side with the teacher
     n.latency.holdout = 0.25           # fraction of the table held out for the error
     n.latency.search_batch = 1         # which batch size's latency the window applies to
     n.predictor = ml_collections.ConfigDict()
@@ -58,8 +59,12 @@ def defaults() -> ml_collections.ConfigDict:
     n.fitness.batch_size = 32
     n.fitness.seq_len = 64
     n.fitness.lr = 2e-4
-    n.fitness.train_subset = 0
+    n.fitness.train_subset = 0         # of the train rows left after the held-out slice
     n.fitness.eval_subset = 0
+    n.fitness.heldout_rows = 872       # > 0: score on this many train rows held out of the
+    #                                    fitness fine-tunes (seeded by data.split_seed), so
+    #                                    the search never sees the dev set the final table
+    #                                    reports; 0: score on the dev set
 
     n.finetune = ml_collections.ConfigDict()       # the found and the uniform models
     n.finetune.tasks = ("sst2", "mrpc")
@@ -69,5 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
     #                                  (SST-2 dev is at most 55 tokens, MRPC dev 86)
     n.finetune.lr = 1e-4
     n.finetune.train_subset = 0
-    n.finetune.uniform_layers = (1, 2, 3, 4, 5, 6)  # MiniLM's first k layers
+    n.finetune.eval_subset = 0         # 0: the whole dev set (the table's)
+    n.finetune.uniform_layers = (1, 2, 3, 4, 5, 6)  # the supernet's first k layers
+    n.finetune.seeds = (0, 1, 2)       # every final fine-tune once per seed (95 % intervals)
     return n

@@ -1,15 +1,18 @@
-"""The search's fitness: the dev score of a sub-model after a short fine-tune on each task.
+"""The search's fitness: the score of a sub-model after a short fine-tune on each task, on
+rows held out of the task's TRAINING split (`heldout_rows`, a slice fixed by
+data.split_seed), so the search never sees the dev set the final table reports.
 
 The sub-model is cut from the supernet at its exact shape (nas/elastic.py: no padding, no
 masks), gets a fresh classifier on the pooled [CLS], and is fine-tuned for `steps` steps
-(AdamW, 10 % warmup, dropout on) on the task's train split, then scored on the full dev set.
+(AdamW, 10 % warmup, dropout on) on the rest of the train split, then scored on the held-out
+slice (`heldout_rows` 0: on the full dev set instead).
 Task score: the mean of the task's GLUE metrics (SST-2: accuracy; MRPC: F1 and accuracy);
 fitness: the mean over tasks (theirs: MNLI and SQuAD at scale).
 
 This is the inner loop of the search (tens of tiny fine-tunes), so it runs in-process with
 the data tokenised once and one jitted step whose compiled versions are keyed by the arch's
 shapes; a full train/loop.py run per candidate would spend most of its time on setup. The
-found models are then fine-tuned as ordinary runs (nas/pipeline.py).
+found models are then fine-tuned as ordinary runs (nas/stages.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import optax
 
 from prune_ofa_jax import config_base
+from prune_ofa_jax.data import classification
 from prune_ofa_jax.eval import glue_metrics
 from prune_ofa_jax.nas import elastic
 from prune_ofa_jax.train import inputs as inputs_lib
@@ -38,7 +42,44 @@ def data_config(base, task: str, seq_len: int, batch_size: int, train_subset: in
     c.data.root, c.data.tokenizer = base.data.root, base.data.tokenizer
     c.data.seq_len, c.train.batch_size, c.train.eval_batch_size = seq_len, batch_size, 128
     c.data.train_subset, c.data.eval_subset = train_subset, eval_subset
+    c.data.split_seed = base.data.split_seed
     return c
+
+
+def sources(base, task: str, f_cfg) -> inputs_lib.Sources:
+    """Train rows and the rows the fitness scores: a held-out slice of the train split
+    (`f_cfg.heldout_rows` > 0; the fine-tunes train on the other rows, `train_subset` of
+    them when set), else the dev set."""
+    c = data_config(base, task, f_cfg.seq_len, f_cfg.batch_size, f_cfg.train_subset,
+                    f_cfg.eval_subset)
+    if not f_cfg.heldout_rows:
+        return inputs_lib.make_sources(c)
+    c.data.train_subset = 0
+    train_ex, _ = inputs_lib.classification_examples(c)
+    if f_cfg.heldout_rows >= len(train_ex):
+        raise ValueError(f"config.nas.fitness.heldout_rows={f_cfg.heldout_rows}: the {task} "
+                         f"train split has only {len(train_ex)} rows")
+    held, rest = heldout_split(len(train_ex), f_cfg.heldout_rows, c.data.split_seed,
+                               f_cfg.train_subset)
+    tok = inputs_lib.tokenizer(c)[1]
+    kw = dict(max_len=f_cfg.seq_len, seed=base.seed)
+    return inputs_lib.Sources(
+        train=classification.ClassificationDataset(train_ex.subset(rest), tok,
+                                                   batch_size=f_cfg.batch_size, **kw),
+        eval=classification.ClassificationDataset(train_ex.subset(held), tok,
+                                                  batch_size=128, **kw),
+        metrics=None)
+
+
+def heldout_split(n: int, heldout: int, split_seed: int, train_subset: int = 0) -> tuple:
+    """(held-out indices, train indices) of n train rows, disjoint and sorted; seeded by
+    split_seed only (the same slice for every run seed); train_subset > 0 keeps that many
+    of the train indices."""
+    perm = np.random.default_rng([split_seed, 29]).permutation(n)
+    held, rest = perm[:heldout], perm[heldout:]
+    if 0 < train_subset < len(rest):
+        rest = rest[:train_subset]
+    return np.sort(held), np.sort(rest)
 
 
 def _logits(params, batch, cfg, deterministic: bool, rng):
@@ -79,16 +120,15 @@ class Fitness:
         self.params, self.cfg, self.f = params, cfg, f_cfg
         self.device = jax.local_devices()[0]
         self.seed = base_config.seed
-        self.data = {t: inputs_lib.make_sources(data_config(
-            base_config, t, f_cfg.seq_len, f_cfg.batch_size, f_cfg.train_subset,
-            f_cfg.eval_subset)) for t in f_cfg.tasks}
+        self.data = {t: sources(base_config, t, f_cfg) for t in f_cfg.tasks}
         ocfg = ml_collections.ConfigDict(dict(
             lr=f_cfg.lr, warmup_steps=max(1, f_cfg.steps // 10), weight_decay=0.01, b1=0.9,
             b2=0.999, eps=1e-6, grad_clip=1.0))
         self.tx = optim.make_optimizer(ocfg, optim.learning_rate_fn(ocfg, f_cfg.steps))
 
     def finetune(self, arch, task: str) -> dict:
-        """GLUE metrics on the dev set after `steps` steps of fine-tuning `arch` on `task`."""
+        """GLUE metrics on the scored rows (held-out train rows, or dev) after `steps` steps
+        of fine-tuning `arch` on `task`."""
         src = self.data[task]
         # Everything committed to one device, so the first call and the rest share one
         # compiled step (an uncommitted argument is a different jit signature).

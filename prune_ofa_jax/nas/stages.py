@@ -2,11 +2,14 @@
 
   1_supernet  one-shot KD training of the elastic supernet (an ordinary train/loop.py run)
   2_latency   real latency of sampled sub-models (the exported HF PyTorch model, batch 1 and
-              32) -> table.jsonl; the MLP predictor and its held-out error
-  3_search    per speedup: evolutionary search in the predicted-latency window
-  4_extract   the found archs -> plain HF BERT dirs; the uniform baselines (the teacher's
-              first k layers) likewise
-  5_finetune  each extracted model on each task (ordinary runs, pattern locked)
+              32, timed by runtime/latency.py in groups beside the teacher) -> table.jsonl;
+              the MLP predictor and its held-out error
+  3_search    per speedup: evolutionary search in the predicted-latency window; fitness on
+              rows held out of the training split (nas/fitness.py), never the dev set
+  4_extract   the found archs -> plain HF BERT dirs; the uniform baselines (the first k
+              layers at full width) likewise, cut from the same supernet
+  5_finetune  each extracted model on each task, once per seed of nas.finetune.seeds
+              (ordinary runs, pattern locked)
 and WORKDIR/report.json ("found", "extracted", ...), table.md, autotinybert.png.
 
 A finished stage is skipped on rerun (its report.json, a finished run, a written dir, a
@@ -19,25 +22,29 @@ import copy
 import json
 import logging
 import pathlib
+import re
+import tempfile
 import time
 
 import jax
 import numpy as np
 
 from prune_ofa_jax import config_base, jsonio, logs, paths, recipes
-from prune_ofa_jax.convert import hf, params_ckpt
+from prune_ofa_jax.convert import hf, pack_ckpt, params_ckpt
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config_lib
 from prune_ofa_jax.nas import defaults as nas_config
 from prune_ofa_jax.nas import evolution
 from prune_ofa_jax.nas import extract as extract_lib
 from prune_ofa_jax.nas import fitness as fitness_lib
-from prune_ofa_jax.nas import latency, predictor
+from prune_ofa_jax.nas import latency_table, predictor
 from prune_ofa_jax.nas import report as report_lib
 from prune_ofa_jax.nas import space as space_lib
 from prune_ofa_jax.nas import supernet
-from prune_ofa_jax.study import harness
-from prune_ofa_jax.train import loop
+from prune_ofa_jax.runtime import latency
+from prune_ofa_jax.sparsity import masks as masks_lib
+from prune_ofa_jax.study import harness, stats
+from prune_ofa_jax.train import inputs, loop
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +64,40 @@ def _run_once(cfg, wd: pathlib.Path, name: str, **kw) -> dict:
     return rep
 
 
-def stage_latency(c, space, tcfg, wd: pathlib.Path) -> tuple:
-    """(table, predictor, report) of stage 2."""
+# What each stage's result depends on beyond the stages before it: a finished stage is
+# reused only when these match the config (else the one-line error says what to delete).
+METHOD = {"2_latency": "runtime/latency.py workers", "3_search": "fitness on held-out rows"}
+
+
+def _stage_key(c, stage: str) -> dict:
+    n = c.nas
+    key = {"2_latency": {"latency": n.latency.to_dict(), "space": n.space.to_dict()},
+           "3_search": {"fitness": n.fitness.to_dict(), "search": n.search.to_dict(),
+                        "predictor": n.predictor.to_dict(), "split_seed": c.data.split_seed,
+                        "seed": c.seed}}[stage]
+    return json.loads(jsonio.dumps({"method": METHOD[stage], **key}))
+
+
+def _check_done(c, stage: str, wd: pathlib.Path) -> None:
+    """A finished stage run with other settings (or by another method) is an error."""
+    path = wd / "settings.json"
+    if not path.exists() or json.loads(path.read_text()) != _stage_key(c, stage):
+        later = {"2_latency": "2_latency, 3_search, 4_extract and 5_finetune",
+                 "3_search": "3_search, 4_extract and 5_finetune"}[stage]
+        raise ValueError(f"{wd}: finished with other settings than config.nas's (see "
+                         f"{path.name}); delete {later} under {wd.parent} to rerun them")
+
+
+def _mark_done(c, stage: str, wd: pathlib.Path) -> None:
+    (wd / "settings.json").write_text(json.dumps(_stage_key(c, stage), indent=1))
+
+
+def stage_latency(c, space, tcfg, wd: pathlib.Path, pool: latency.Pool) -> tuple:
+    """(table, predictor, report) of stage 2 (`pool`: the latency worker processes)."""
     if (wd / "report.json").exists() and (wd / "predictor.json").exists():
+        _check_done(c, "2_latency", wd)
         _say(f"2_latency: done before ({wd / 'report.json'}), skipping")
-        return (latency.read_table(wd / "table.jsonl"),
+        return (latency_table.read_table(wd / "table.jsonl"),
                 predictor.Predictor.load(wd / "predictor.json"),
                 json.loads((wd / "report.json").read_text()))
     wd.mkdir(parents=True, exist_ok=True)
@@ -70,45 +106,51 @@ def stage_latency(c, space, tcfg, wd: pathlib.Path) -> tuple:
     uniform = [space_lib.Arch(k, top.hidden, top.ffn, top.qkv) for k in space.layers]
     rng = np.random.default_rng([c.seed, 31])
     sampled = [space.sample(rng) for _ in range(lat.num_archs)]
-    table = latency.measure_table(tcfg, [top] + uniform + sampled, lat, wd / "table.jsonl",
-                                  say=_say)
-    archs, feats, ms = latency.table_arrays(table, lat.batch_sizes)
+    table = latency_table.measure_table(tcfg, [top] + uniform + sampled, lat,
+                                        wd / "table.jsonl", say=_say, pool=pool)
+    sparse = _sparse_teacher_ms(c, lat, pool) if lat.runtime == "hf_torch" else None
+    archs, feats, ms = latency_table.table_arrays(table, lat.batch_sizes)
     pred, rep = predictor.fit(archs, feats, ms, space, lat.batch_sizes, c.nas.predictor,
                               lat.holdout, c.seed)
     pred.save(wd / "predictor.json")
     rep.update(runtime=lat.runtime, threads=lat.threads, seq_len=lat.seq_len,
-               n_archs=len(table), teacher_ms=table[top])
-    if lat.runtime == "hf_torch":
-        rep["prune_ofa_sparse_ms"] = _sparse_teacher_ms(c, lat)
+               n_archs=len(table), teacher_ms=table[top], warmup=lat.warmup,
+               repeats=lat.repeats,
+               teacher_ms_groups=latency_table.read_teacher_ms(wd / "table.jsonl"))
+    if sparse:
+        rep["prune_ofa_sparse_ms"] = sparse
     (wd / "report.json").write_text(jsonio.dumps(rep, indent=2))
+    _mark_done(c, "2_latency", wd)
     _say("latency predictor, held-out mean relative error: " + ", ".join(
         f"batch {b} {100 * e:.1f} %" for b, e in rep["heldout_mean_relative_error"].items()))
     return table, pred, rep
 
 
-def _sparse_teacher_ms(c, lat) -> dict:
-    """The teacher with 80 % of its encoder weights zeroed (Prune OFA's sparsity, by magnitude
-    per tensor) in the same runtime: dense kernels take as long as ever."""
-    import torch  # pylint: disable=import-outside-toplevel
-    import transformers  # pylint: disable=import-outside-toplevel
+def _sparse_teacher_ms(c, lat, pool) -> dict:
+    """The teacher with 80 % of each encoder kernel zeroed (Prune OFA's sparsity, by
+    magnitude per tensor) timed side by side with the dense teacher in the same runtime:
+    dense kernels take as long as ever."""
     params, tcfg = supernet.load_teacher(c.teacher.path)
-    model = transformers.BertModel(hf.hf_config(tcfg, "base"))
-    state = hf.to_hf_state_dict(params, tcfg, "base")
-    model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=False)
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and ".encoder." in f".{name}.":
-                w = mod.weight
-                cut = w.abs().flatten().kthvalue(int(0.8 * w.numel())).values
-                w.mul_((w.abs() > cut).float())
-    with latency.torch_threads(lat.threads):
-        return {"sparsity": 0.8, **{str(b): round(latency.torch_model_latency(
-            model, int(b), lat.seq_len, lat.warmup, lat.repeats), 4) for b in lat.batch_sizes}}
+    flat = pack_ckpt.flat_numpy(params)
+    for path, w in flat.items():
+        if w.ndim == 2 and any(re.search(p, path) for p in masks_lib.DEFAULT_INCLUDE):
+            w[np.abs(w) < np.quantile(np.abs(w), 0.8)] = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [latency.torch_variant(n, p, tcfg, "base", pathlib.Path(tmp) / n)
+                    for n, p in (("dense", params), ("sparse", hf.unflatten(flat)))]
+        res = latency.measure(variants, lat.batch_sizes, lat.seq_len,
+                              latency_table.settings(lat), log=lambda *_: None, pool=pool)
+    per = res["batches"]
+    return {"sparsity": 0.8,
+            "measured_ms": {b: r["sparse"]["median_ms"] for b, r in per.items()},
+            "dense_ms": {b: r["dense"]["median_ms"] for b, r in per.items()},
+            "time_ratio": {b: latency.ratio(r, "sparse", "dense") for b, r in per.items()}}
 
 
 def stage_search(c, space, supernet_params, tcfg, table, pred, wd: pathlib.Path) -> dict:
     done = wd / "report.json"
     if done.exists():
+        _check_done(c, "3_search", wd)
         _say(f"3_search: done before ({done}), skipping")
         return json.loads(done.read_text())
     wd.mkdir(parents=True, exist_ok=True)
@@ -145,6 +187,7 @@ def stage_search(c, space, supernet_params, tcfg, table, pred, wd: pathlib.Path)
                                                    map(float, pred.predict([best])[0]))),
                           "history": [{"arch": a.to_dict(), **r} for a, r in res["evaluated"]]}
     done.write_text(jsonio.dumps(out, indent=2))
+    _mark_done(c, "3_search", wd)
     return out
 
 
@@ -156,17 +199,20 @@ def _read_cache(path: pathlib.Path) -> dict:
 
 
 def stage_extract(c, space, supernet_dir, found, wd: pathlib.Path) -> dict:
-    """name -> HF dir: searched_<s>x (from the supernet), uniform_L<k> (the teacher's)."""
+    """name -> HF dir: searched_<s>x and uniform_L<k> (the first k layers at full width),
+    all cut from the same supernet, so the table compares architectures, not weights."""
     top = space.top()
     jobs = {f"searched_{k}": (supernet_dir, space_lib.Arch.from_dict(v["arch"]))
             for k, v in found.items()}
-    jobs.update({f"uniform_L{k}": (c.teacher.path, space_lib.Arch(k, top.hidden, top.ffn,
-                                                                     top.qkv))
+    jobs.update({f"uniform_L{k}": (supernet_dir, space_lib.Arch(k, top.hidden, top.ffn,
+                                                                   top.qkv))
                  for k in c.nas.finetune.uniform_layers})
     loaded, out = {}, {}
     for name, (src, arch) in jobs.items():
         path = wd / name
-        if not (path / "autotinybert.json").exists():
+        made = path / "autotinybert.json"
+        old = json.loads(made.read_text()) if made.exists() else {}
+        if (old.get("supernet"), old.get("arch")) != (str(src), arch.to_dict()):
             if src not in loaded:
                 loaded[src] = supernet.load_teacher(str(src))
             params, tcfg = loaded[src]
@@ -181,17 +227,19 @@ def _tokenizer_dir(c):
     return c.data.tokenizer or str(paths.minilm_dir())
 
 
-def finetune_config(c, hf_dir: str, task: str):
+def finetune_config(c, hf_dir: str, task: str, seed: int = 0):
     """An ordinary GLUE fine-tune of an extracted model, pattern locked (padding stays 0)."""
     f = c.nas.finetune
     ft = recipes.finetune("glue", task)
     ft.preset = ""
-    ft.seed = c.seed
+    ft.seed = seed
+    ft.data.split_seed = c.data.split_seed
     ft.init.path, ft.init.init_missing_heads = hf_dir, True
     if task not in f.seq_len:
         raise ValueError(f"config.nas.finetune.seq_len has no entry for task {task!r}")
     ft.data.root, ft.data.seq_len, ft.data.train_subset = c.data.root, f.seq_len[task], \
         f.train_subset
+    ft.data.eval_subset = f.eval_subset
     ft.train.steps, ft.train.epochs, ft.train.batch_size = f.steps, 0, f.batch_size
     ft.train.eval_batch_size, ft.train.log_every = 128, max(1, min(50, f.steps))
     ft.train.progress = False
@@ -202,12 +250,16 @@ def finetune_config(c, hf_dir: str, task: str):
 
 
 def stage_finetune(c, extracted: dict, wd: pathlib.Path) -> dict:
-    out = {}
-    for name, hf_dir in extracted.items():
-        for task in c.nas.finetune.tasks:
-            rep = _run_once(finetune_config(c, hf_dir, task), wd / f"{name}_{task}",
-                            f"5_finetune {name} {task}")
-            out.setdefault(name, {})[task] = rep["eval"]
+    """name -> task -> [eval of each seed of nas.finetune.seeds]. Seed-major order, so an
+    interrupted stage has every model at the first seeds rather than some models at all."""
+    out = {name: {t: [] for t in c.nas.finetune.tasks} for name in extracted}
+    for seed in c.nas.finetune.seeds:
+        for name, hf_dir in extracted.items():
+            for task in c.nas.finetune.tasks:
+                rep = _run_once(finetune_config(c, hf_dir, task, seed),
+                                wd / f"{name}_{task}_s{seed}",
+                                f"5_finetune {name} {task} seed {seed}")
+                out[name][task].append(rep["eval"])
     return out
 
 
@@ -215,8 +267,10 @@ def run(c, workdir) -> dict:
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     harness.use_compile_cache(root)
-    with logs.to_file(root):
-        return _run(c, root)
+    # One set of latency worker processes for the run (started when first needed; idle,
+    # blocked on a read, while the other stages run).
+    with logs.to_file(root), latency.Pool(c.nas.latency.threads) as pool:
+        return _run(c, root, pool)
 
 
 def _teacher(c, root: pathlib.Path):
@@ -253,7 +307,7 @@ class _Walls:
         self.path.write_text(json.dumps(self.total, indent=1))
 
 
-def _run(c, root: pathlib.Path) -> dict:
+def _run(c, root: pathlib.Path, pool: latency.Pool) -> dict:
     walls = _Walls(root / "stage_wall_s.json")
     c = _teacher(c, root)
     d = {k: root / k for k in ("1_supernet", "2_latency", "3_search", "4_extract",
@@ -262,19 +316,24 @@ def _run(c, root: pathlib.Path) -> dict:
     sn_params, tcfg = supernet.load_teacher(str(d["1_supernet"] / "model"))
     space = space_lib.Space.from_config(c.nas.space, tcfg.num_heads)
     walls.done("1_supernet")
-    table, pred, lat_rep = stage_latency(c, space, tcfg, d["2_latency"])
+    table, pred, lat_rep = stage_latency(c, space, tcfg, d["2_latency"], pool)
     walls.done("2_latency")
     found = stage_search(c, space, sn_params, tcfg, table, pred, d["3_search"])
     walls.done("3_search")
     # the found archs' measured latency (most are new to the table)
-    table = latency.measure_table(tcfg, [space_lib.Arch.from_dict(v["arch"])
-                                         for v in found.values()], c.nas.latency,
-                                  d["2_latency"] / "table.jsonl", say=_say)
+    table = latency_table.measure_table(tcfg, [space_lib.Arch.from_dict(v["arch"])
+                                               for v in found.values()], c.nas.latency,
+                                        d["2_latency"] / "table.jsonl", say=_say,
+                                        pool=pool)
     extracted = stage_extract(c, space, d["1_supernet"] / "model", found, d["4_extract"])
     walls.done("4_extract")
     tuned = stage_finetune(c, extracted, d["5_finetune"])
     walls.done("5_finetune")
-    summary = report_lib.summarise(c, space, table, lat_rep, found, extracted, tuned, sn)
+    extra = {"group_teacher_ms": latency_table.read_group_teacher(d["2_latency"] /
+                                                                  "table.jsonl"),
+             "baselines": _baselines(c)}
+    summary = report_lib.summarise(c, space, table, lat_rep, found, extracted, tuned, sn,
+                                   extra)
     summary["stage_wall_s"] = walls.total
     summary["wall_time_s"] = round(sum(walls.total.values()), 1)
     (root / "report.json").write_text(jsonio.dumps(summary, indent=2))
@@ -282,6 +341,16 @@ def _run(c, root: pathlib.Path) -> dict:
     report_lib.plot(summary, root / "autotinybert.png")
     print(report_lib.markdown(summary), flush=True)
     return summary
+
+
+def _baselines(c) -> dict:
+    """Majority class and uniform random on each final task's dev rows."""
+    out = {}
+    for task in c.nas.finetune.tasks:
+        labels = inputs.classification_examples(finetune_config(c, "", task))[1].labels
+        out[task] = {"majority": stats.majority(labels), "random": stats.uniform_random(labels),
+                     "rows": len(labels)}
+    return out
 
 
 def base_config():

@@ -17,6 +17,11 @@ def _mb(b) -> str:
     return f"{b / 2**20:.2f}"
 
 
+ARM_LABEL = {"before": "before fine-tuning (Prune OFA upstream)",
+             "after": "after, step-matched (task GMP)",
+             "after_2x": "after, 2x task steps (compute-matched)"}
+
+
 def _lat(summary: dict, model: str, batch: str, field: str = "p50_ms"):
     per = summary["latency"].get(model, {}).get(batch, {})
     v = per.get("ort_int8") or per.get("ort_fp32")
@@ -29,9 +34,11 @@ def table_rows(summary: dict) -> list[dict]:
         for model in summary["models"]:
             r = summary["results"][f"{task}_{model}"]
             m, size = r["metrics"], r["size"]
+            iv = r.get("interval") or {}
             rows.append({
                 "task": task, "model": model, "metric": m["headline"],
-                "value": m[m["headline"]], "accuracy": m["accuracy"],
+                "value": m[m["headline"]], "lo": iv.get("lo"), "hi": iv.get("hi"),
+                "accuracy": m["accuracy"],
                 "train_eval": r["train_eval"].get(m["headline"]),
                 "ece": r["calibration"]["ece"],
                 "typos_20": r["robustness"]["0.2"][m["headline"]],
@@ -68,19 +75,21 @@ def _plots(summary: dict, out: pathlib.Path) -> None:
             rates = sorted(rob, key=float)
             ax.plot([100 * float(r) for r in rates], [rob[r][key] for r in rates], "o-",
                     label=model)
+        _majority_line(ax, summary, task, key)
         ax.set(title=f"{task}: {key} under typos", xlabel="% of words with a typo",
                ylabel=key)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "robustness.png", dpi=80)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for when, style in (("before", "o-"), ("after", "s--")):
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for when, style in (("before", "o-"), ("after", "s--"), ("after_2x", "^:")):
         pts = sorted((r["sparsity"], r["value"]) for r in summary["sweep"] if r["when"] == when)
         if pts:
             ax.plot([100 * s for s, _ in pts], [v for _, v in pts], style,
-                    label=f"pruned {when} fine-tuning")
+                    label=ARM_LABEL[when])
     metric = summary["sweep"][0]["metric"] if summary["sweep"] else ""
+    _majority_line(ax, summary, summary["sweep_task"], metric)
     ax.set(title=f"{summary['sweep_task']}: sparsity sweep", xlabel="encoder sparsity (%)",
            ylabel=metric)
     ax.legend(fontsize=8)
@@ -98,41 +107,103 @@ def _plots(summary: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def _majority_line(ax, summary: dict, task: str, key: str) -> None:
+    """The best constant prediction (the majority class, or class 1 everywhere for F1)."""
+    base = (summary.get("baselines") or {}).get(task)
+    if base and base["majority"].get(key) is not None:
+        best = max((base[n][key], n) for n in ("majority", "all_positive") if n in base)
+        ax.axhline(best[0], color="k", ls="--", lw=0.8,
+                   label="majority class" if best[1] == "majority" else "all class 1")
+
+
 def _fmt(v, spec=".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _ci(r) -> str:
+    return "" if r["lo"] is None else f" [{r['lo']:.4f}, {r['hi']:.4f}]"
+
+
+def _latency_lines(summary: dict) -> list:
+    lines = []
+    st = summary.get("latency_settings") or {}
+    for b, per in (summary.get("latency_speedups") or {}).items():
+        for label, r in per.items():
+            lines.append(f"- batch {b}: {label}: {r['ratio']:.2f}x (per-round ratios "
+                         f"p10-p90 {r['paired_p10']:.2f}-{r['paired_p90']:.2f}, "
+                         f"{r['rounds']} rounds)")
+    if st:
+        lines.insert(0, f"Latency: every model side by side, each in its own worker process "
+                     f"(runtime/latency.py, the bench's function): {st.get('threads') or 'all'}"
+                     f" threads, {st.get('warmup')} warm-up calls, up to {st.get('repeats')} "
+                     f"rounds alternating between workers, seq {st.get('seq_len')}; p50 with "
+                     "[p10, p90] below.")
+        lines.insert(1, "")
+    return lines
+
+
 def headline(summary: dict) -> str:
-    """The main table, real int8 against fake-quant, and the sparsity sweep: the README's
-    part of the report."""
+    """The main table with the baselines, real int8 against fake-quant, the latency ratios
+    and the sparsity sweep: the docs page's part of the report."""
     lines = [f"Models {', '.join(summary['models'])}; tasks {', '.join(summary['tasks'])}. "
-             f"Every model evaluated as deployed (ONNX in onnxruntime; int8 for QAT models). "
-             + cost.cost_line(summary),
-             "", "| task | model | metric | value (runtime) | Flax eval | acc | ECE | @20 % typos "
-             "| sparsity | .pofa MB | x vs fp32 safetensors | p50 ms b1 | p50 ms b32 |",
+             f"Every model evaluated as deployed (ONNX in onnxruntime; int8 for QAT models); "
+             "one trained model per row, so the interval is a 95 % bootstrap over dev rows "
+             "(the dev sample's spread, not training seeds'). " + cost.cost_line(summary),
+             "", "| task | model | metric | value [95 % CI] (runtime) | Flax eval | acc | ECE "
+             "| @20 % typos | sparsity | .pofa MB | x vs fp32 safetensors | p50 ms b1 "
+             "[p10, p90] | p50 ms b32 [p10, p90] |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in table_rows(summary):
-        lines.append(
-            f"| {r['task']} | {r['model']} | {r['metric']} | {r['value']:.4f} ({r['runtime']}) "
-            f"| {_fmt(r['train_eval'])} | {r['accuracy']:.4f} | {r['ece']:.4f} "
-            f"| {r['typos_20']:.4f} | {r['sparsity']:.3f} | {r['pofa_mb']:.2f} "
-            f"| {r['x_vs_safetensors']:.1f} | {_fmt(r['p50_b1_ms'], '.1f')} "
-            f"| {_fmt(r['p50_b32_ms'], '.1f')} |")
+    base = summary.get("baselines") or {}
+
+    def lat(model, b):
+        v = _lat(summary, model, b)
+        if v is None:
+            return "n/a"
+        return (f"{v:.1f} [{_lat(summary, model, b, 'p10_ms'):.1f}, "
+                f"{_lat(summary, model, b, 'p90_ms'):.1f}]")
+    for task in summary["tasks"]:
+        key = "accuracy" if task == "sst2" else "f1"
+        for name, label in (("majority", "majority class"), ("all_positive", "all class 1")):
+            b = base.get(task, {}).get(name)
+            if b and (name == "majority" or key == "f1"):
+                lines.append(f"| {task} | {label} | {key} | {b[key]:.4f} | - | "
+                             f"{b['accuracy']:.4f} | - | - | - | - | - | - | - |")
+        for r in (r for r in table_rows(summary) if r["task"] == task):
+            lines.append(
+                f"| {r['task']} | {r['model']} | {r['metric']} | {r['value']:.4f}{_ci(r)} "
+                f"({r['runtime']}) | {_fmt(r['train_eval'])} | {r['accuracy']:.4f} "
+                f"| {r['ece']:.4f} | {r['typos_20']:.4f} | {r['sparsity']:.3f} "
+                f"| {r['pofa_mb']:.2f} | {r['x_vs_safetensors']:.1f} | {lat(r['model'], '1')} "
+                f"| {lat(r['model'], '32')} |")
     lines += ["", "Flax eval: the training run's own eval (fake-quant for QAT models); value: "
               "the exported model in onnxruntime on the same rows.", ""]
+    for key, d in (summary.get("paired_vs_dense") or {}).items():
+        task, _, model = key.partition("_")
+        lines.append(f"- {task}: {model} - dense, paired on the same dev rows: "
+                     f"{100 * d['mean']:+.2f} points [{100 * d['lo']:+.2f}, "
+                     f"{100 * d['hi']:+.2f}]")
     for r in table_rows(summary):
         if r["runtime"] == "ORT int8" and r["train_eval"] is not None:
             d = 100 * (r["value"] - r["train_eval"])
             lines.append(f"- {r['task']} {r['model']}: real int8 (onnxruntime) vs fake-quant "
                          f"{r['metric']}: {d:+.2f} points (target: within 0.5; "
                          f"{'met' if abs(d) <= 0.5 else 'missed'})")
-    lines += ["", f"Sparsity sweep on {summary['sweep_task']}:", "",
-              "| sparsity | pruned before fine-tuning (Prune OFA upstream) | after (task GMP) |",
-              "|---|---|---|"]
+    lines += [""] + _latency_lines(summary)
+    arms = summary.get("sweep_arms") or ["before", "after"]
+    steps = summary.get("sweep_steps") or {}
+    f, up = steps.get("finetune", "F"), steps.get("upstream", "U")
+    task_steps = {"before": f"{up} upstream + {f} task steps", "after": f"{f} task steps",
+                  "after_2x": f"{f} + {f} task steps" if isinstance(f, int) else "2F"}
+    mj = base.get(summary["sweep_task"], {}).get("majority", {})
+    metric = summary["sweep"][0]["metric"] if summary["sweep"] else ""
+    lines += ["", f"Sparsity sweep on {summary['sweep_task']} ({metric}; one seed; majority "
+              f"class {_fmt(mj.get(metric))}):", "",
+              "| sparsity | " + " | ".join(f"{ARM_LABEL[a]}: {task_steps[a]}" for a in arms)
+              + " |", "|---|" + "---|" * len(arms)]
     by = {(r["when"], r["sparsity"]): r["value"] for r in summary["sweep"]}
     for s in sorted({r["sparsity"] for r in summary["sweep"]}):
-        lines.append(f"| {100 * s:g} % | {_fmt(by.get(('before', s)))} | "
-                     f"{_fmt(by.get(('after', s)))} |")
+        lines.append(f"| {100 * s:g} % | " + " | ".join(_fmt(by.get((a, s))) for a in arms)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,12 +230,16 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {task} | {model} | " + " | ".join(
             f"{rob[k][h]:.4f}" for k in sorted(rob, key=float)) + " |")
     lines += ["", "## Latency (onnxruntime; PyTorch fp32 beside the fp32 models)", "",
-              "| model | batch | variant | p50 ms | p95 ms | seq/s |", "|---|---|---|---|---|---|"]
+              "| model | batch | variant | p50 ms | p10 ms | p90 ms | median 95 % CI | seq/s "
+              "| calls |", "|---|---|---|---|---|---|---|---|---|"]
     for model, per in summary["latency"].items():
         for b, variants in per.items():
             for k, v in variants.items():
-                lines.append(f"| {model} | {b} | {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | "
-                             f"{v['seq_per_s']:.1f} |")
+                ci = v.get("median_ci95_ms")
+                ci = f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "n/a"
+                lines.append(f"| {model} | {b} | {k} | {v['p50_ms']:.1f} | {v['p10_ms']:.1f} | "
+                             f"{v['p90_ms']:.1f} | {ci} | {v['seq_per_s']:.1f} | "
+                             f"{v['calls']} |")
     kaggle = {k: r["kaggle"] for k, r in summary["results"].items() if "kaggle" in r}
     if kaggle:
         lines += ["", "## Disaster tweets: Kaggle predictions", ""]

@@ -1,22 +1,26 @@
 """What compression costs beyond accuracy, measured on the demo's models:
 
   python -m prune_ofa_jax.study compression --workdir DIR [--demo runs/demo] \
-      [--models dense,sparse,sparse_int8] [--tasks sst2,mrpc,tweets] [--size test] [--doc]
+      [--models dense,sparse,sparse_int8] [--tasks sst2,tweets] [--size test] [--doc]
 
-Per model and task (training runs: study/compress_plan.py): the headline metric, per-class
-precision/recall/F1 and the confusion matrix, ECE (15 bins) and a reliability diagram, the
-metric under seeded typos in 5/10/20 % of words, the size on disk of the .pofa file, latency
-(batch 1 and 32, seq 128), and a sparsity sweep (pruning before vs after fine-tuning) on
---sweep_task. Every model is evaluated as deployed: ONNX in onnxruntime, int8 for the QAT
-models. Writes DIR/report.md, DIR/*.png, DIR/results.json and Kaggle predictions for the
-tweets models (DIR/kaggle/); the training runs, evaluations, sizes and latencies are each
-cached in DIR as JSON, so a rerun skips them. --doc writes the headline table and the
-size/latency plot into docs/studies/compression.md.
+Per model and task (training runs: study/compress_plan.py): the headline metric with its 95 %
+bootstrap interval over dev rows (one trained model per row: the interval is the dev
+sample's, not the seeds'), the majority-class baseline, per-class precision/recall/F1 and
+the confusion matrix, ECE (15 bins) and a reliability diagram, the metric under seeded typos
+in 5/10/20 % of words, the size on disk of the .pofa file, latency (batch 1 and 32, seq 128;
+every model side by side through runtime/latency.py, the bench's function), and a sparsity
+sweep on --sweep_task: pruning before fine-tuning (Prune OFA upstream) vs after (task GMP,
+step-matched, plus the compute-matched 2x arm). Every model is evaluated as deployed: ONNX in
+onnxruntime, int8 for the QAT models. Writes DIR/report.md, DIR/*.png, DIR/results.json and
+Kaggle predictions for the tweets models (DIR/kaggle/); the training runs, evaluations,
+sizes and latencies are each cached in DIR as JSON, so a rerun skips them. --doc writes the
+headline table and the size/latency plot into docs/studies/compression.md.
 `--size test`: the demo's `:test` settings (tiny steps), for the suite.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -24,12 +28,13 @@ import time
 
 from prune_ofa_jax import errors, jsonio, paths
 from prune_ofa_jax.data import tokenization
+from prune_ofa_jax.runtime import latency as latency_lib
 from prune_ofa_jax.study import (compress_eval, compress_plan, compress_report, cost, harness,
-                                 tweets)
+                                 quality, stats, tweets)
 from prune_ofa_jax.train import loop
 
-TASKS = ("sst2", "mrpc", "tweets")
-HEADLINE_KEY = {"sst2": "accuracy", "mrpc": "f1", "tweets": "f1"}
+TASKS = ("sst2", "tweets")
+HEADLINE_KEY = {"sst2": "accuracy", "tweets": "f1"}
 
 
 def _say(msg: str) -> None:
@@ -60,20 +65,59 @@ def _cached(path: pathlib.Path, fn):
     return value
 
 
+def _sweep(p, demo, root, sweep_task, levels, test, arms) -> list:
+    rows = []
+    for (when, s), chain in compress_plan.sweep_runs(p, demo, root, sweep_task, levels, test,
+                                                     arms).items():
+        for c, wd in chain:
+            rep = ensure_run(c, wd, f"sweep {when} {s:g}")
+        rows.append({"when": when, "sparsity": s, "metric": HEADLINE_KEY[sweep_task],
+                     "value": rep["eval"][HEADLINE_KEY[sweep_task]],
+                     "measured_sparsity": (rep.get("sparsity") or {}).get("global"),
+                     "run": str(chain[-1][1])})
+    return rows
+
+
+def _baselines(p, tasks) -> dict:
+    """Majority class and uniform random on each task's dev rows."""
+    out = {}
+    for task in tasks:
+        labels = compress_eval.dev_examples(task, p.data_root).labels
+        pos = float((labels == 1).mean())
+        out[task] = {"majority": stats.majority(labels), "random": stats.uniform_random(labels),
+                     "all_positive": {"accuracy": pos, "f1": 2 * pos / (1 + pos)},
+                     "rows": len(labels)}
+    return out
+
+
+def _latency(out, runs, models, tasks, lat) -> dict:
+    """Every model of the first task timed side by side (latency depends on shapes, not
+    weights); cached in eval/latency.json, remeasured when the settings change."""
+    key = {"models": list(models), "batches": list(lat["batches"]), "seq_len": lat["seq_len"],
+           "settings": dataclasses.asdict(lat["settings"]), "runtimes": list(lat["runtimes"])}
+    path = out / "eval" / "latency.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    _say(f"latency: {', '.join(models)} side by side ({', '.join(lat['runtimes'])})")
+    res = compress_eval.latency({m: runs[(m, tasks[0])][1] / "model" for m in models},
+                                out / "onnx" / "latency", lat["batches"], lat["seq_len"],
+                                lat["settings"], lat["runtimes"])
+    res["key"] = key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(jsonio.dumps(res, indent=1))
+    return res
+
+
 def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str, levels,
-        batches, lat_seq: int, lat_budget: float, test: bool = False) -> dict:
+        lat: dict, test: bool = False, arms=compress_plan.ARMS) -> dict:
+    """`lat`: {"batches", "seq_len", "settings" (latency.Settings), "runtimes"}."""
     t0 = time.time()
     root = out / "runs"
     runs = compress_plan.model_runs(p, demo, root, models, tasks, test)
-    sweep = compress_plan.sweep_runs(p, demo, root, sweep_task, levels, test)
     reports = {k: ensure_run(c, wd, f"{k[1]}/{k[0]}") for k, (c, wd) in runs.items()}
-    sweep_rows = []
-    for (when, s), chain in sweep.items():
-        for c, wd in chain:
-            rep = ensure_run(c, wd, f"sweep {when} {s:g}")
-        sweep_rows.append({"when": when, "sparsity": s, "metric": HEADLINE_KEY[sweep_task],
-                           "value": rep["eval"][HEADLINE_KEY[sweep_task]],
-                           "measured_sparsity": (rep.get("sparsity") or {}).get("global")})
+    sweep_rows = _sweep(p, demo, root, sweep_task, levels, test, arms)
     train_s = time.time() - t0
     tok = tokenization.load_tokenizer(p.tokenizer or None)
     results = {}
@@ -83,7 +127,7 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
         mdir = wd / "model"
 
         def evaluate(mdir=mdir, task=task, seq=seq, key=key):
-            ex = compress_eval.dev_examples(task, p.data_root, p.seed)
+            ex = compress_eval.dev_examples(task, p.data_root)
             sess, int8 = compress_eval.session_for(mdir, out / "onnx" / f"{key}.onnx")
             r = compress_eval.evaluate(sess, task, ex, tok, seq, p.seed)
             r["int8_runtime"] = int8
@@ -95,15 +139,24 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
             return r
         _say(f"evaluate {key}")
         results[key] = _cached(out / "eval" / f"{key}.json", evaluate)
-    lat = {}
-    for model in models:  # one task's models suffice: latency depends on shape, not weights
-        key = f"{tasks[0]}_{model}"
-        wd = runs[(model, tasks[0])][1]
-        _say(f"latency {model}")
-        lat[model] = _cached(out / "eval" / f"latency_{model}.json", lambda wd=wd, key=key: (
-            compress_eval.latency(wd / "model", out / "onnx" / f"lat_{key}.onnx", batches,
-                                  lat_seq, lat_budget, torch_too=not model.endswith("_int8"))))
-    summary = {"results": results, "latency": lat, "sweep": sweep_rows, "sweep_task": sweep_task,
+    baselines = _baselines(p, tasks)
+    paired = {}
+    for task in tasks:  # each compressed model against the dense one, on the same dev rows
+        labels = compress_eval.dev_examples(task, p.data_root).labels
+        dense = results.get(f"{task}_dense")
+        for model in models:
+            if dense is not None and model != "dense":
+                paired[f"{task}_{model}"] = quality.paired_rows(
+                    task, results[f"{task}_{model}"]["pred"], dense["pred"], labels,
+                    p.seed).to_dict()
+    lat_res = _latency(out, runs, models, tasks, lat)
+    summary = {"results": results, "latency": lat_res["models"],
+               "latency_speedups": lat_res["speedups"],
+               "latency_settings": {**lat_res["settings"], "seq_len": lat_res["seq_len"],
+                                    "workers": lat_res["workers"]},
+               "baselines": baselines, "paired_vs_dense": paired,
+               "sweep": sweep_rows, "sweep_task": sweep_task, "sweep_arms": list(arms),
+               "sweep_steps": {"finetune": p.finetune_steps, "upstream": p.prune_steps},
                "models": models, "tasks": tasks, "train_wall_s": round(train_s, 1),
                "wall_s": round(time.time() - t0, 1), "test": test}
     summary.update(cost.cost_of_runs_under(root))  # every run the study trained
@@ -118,16 +171,25 @@ def run(p, demo: pathlib.Path, out: pathlib.Path, models, tasks, sweep_task: str
 def add_flags(ap) -> None:
     ap.add_argument("--models", default="dense,sparse,sparse_int8",
                     help="the demo's rows to measure (default dense,sparse,sparse_int8)")
-    ap.add_argument("--tasks", default=",".join(TASKS), help="of sst2, mrpc, tweets")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="of sst2, tweets")
     ap.add_argument("--demo", default="runs/demo", help="the demo's workdir (its models)")
     ap.add_argument("--size", default="", choices=("", "test"),
                     help="'test': the demo's :test settings (tiny steps)")
     ap.add_argument("--sweep_task", default="sst2", choices=TASKS)
     ap.add_argument("--sweep_levels", default="0,0.5,0.7,0.8,0.9,0.95")
+    ap.add_argument("--sweep_arms", default=",".join(compress_plan.ARMS),
+                    help=f"of {', '.join(compress_plan.ARMS)} (study/compress_plan.py)")
     ap.add_argument("--latency_batches", default="1,32")
     ap.add_argument("--latency_seq_len", type=int, default=128)
-    ap.add_argument("--latency_budget_s", type=float, default=25.0,
-                    help="timed seconds per model and batch size")
+    ap.add_argument("--latency_budget_s", type=float, default=60.0,
+                    help="timed seconds per batch size, every model side by side (fewer "
+                    "rounds, >= 5, when --latency_repeats would take longer)")
+    ap.add_argument("--latency_repeats", type=int, default=40, help="timed rounds at most")
+    ap.add_argument("--latency_warmup", type=int, default=2, help="untimed calls per model")
+    ap.add_argument("--latency_threads", type=int, default=0,
+                    help="intra-op threads of every runtime (0: all cores)")
+    ap.add_argument("--latency_runtimes", default="ort,torch",
+                    help="ort (the deployed model), torch (PyTorch fp32 beside fp32 models)")
 
 
 def settings(args):
@@ -141,7 +203,16 @@ def settings(args):
                 f"--config configs/demo.py{arg} --workdir {demo}")
     for task in args.tasks.split(","):
         if task not in TASKS:
-            raise errors.UsageError(f"--tasks: unknown task {task!r} ({', '.join(TASKS)})")
+            raise errors.UsageError(f"--tasks: unknown task {task!r} ({', '.join(TASKS)}; "
+                                    "MRPC separates nothing at this scale)")
+    for arm in args.sweep_arms.split(","):
+        if arm not in compress_plan.ARMS:
+            raise errors.UsageError(f"--sweep_arms: unknown arm {arm!r} "
+                                    f"({', '.join(compress_plan.ARMS)})")
+    for rt in args.latency_runtimes.split(","):
+        if rt not in latency_lib.RUNTIMES:
+            raise errors.UsageError(f"--latency_runtimes: unknown runtime {rt!r} "
+                                    f"({', '.join(latency_lib.RUNTIMES)})")
     return args
 
 
@@ -155,11 +226,18 @@ def demo_pipeline(size: str):
 
 def run_study(args, workdir) -> dict:
     t0 = time.time()
+    lat = {"batches": [int(b) for b in args.latency_batches.split(",") if b],
+           "seq_len": args.latency_seq_len,
+           "runtimes": tuple(r for r in args.latency_runtimes.split(",") if r),
+           "settings": latency_lib.Settings(threads=args.latency_threads,
+                                            warmup=args.latency_warmup,
+                                            repeats=args.latency_repeats,
+                                            budget_s=args.latency_budget_s)}
     res = run(demo_pipeline(args.size), pathlib.Path(args.demo), pathlib.Path(workdir),
               [m for m in args.models.split(",") if m], [t for t in args.tasks.split(",") if t],
               args.sweep_task, [float(x) for x in args.sweep_levels.split(",") if x],
-              [int(b) for b in args.latency_batches.split(",") if b], args.latency_seq_len,
-              args.latency_budget_s, test=args.size == "test")
+              lat, test=args.size == "test",
+              arms=tuple(a for a in args.sweep_arms.split(",") if a))
     _say(f"done in {time.time() - t0:.0f} s: {res['report']}")
     print(json.dumps(res["table"], indent=1)[:4000])
     return res

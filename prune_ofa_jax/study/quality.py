@@ -1,6 +1,7 @@
 """What a classifier's predictions say beyond accuracy: per-class precision/recall/F1, the
 confusion matrix, calibration (expected calibration error over 15 equal-width confidence
-bins, and the reliability diagram's bins), and seeded character-level typo noise."""
+bins, and the reliability diagram's bins), seeded character-level typo noise, and bootstrap
+intervals over dev rows (for one trained model: the dev sample's spread, not the seeds')."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from prune_ofa_jax.eval import glue_metrics
+from prune_ofa_jax.study import stats
 
 ECE_BINS = 15
 
@@ -28,6 +30,37 @@ def headline(task: str, pred: np.ndarray, labels: np.ndarray) -> dict:
     if task == "sst2":
         return {"headline": "accuracy", "accuracy": acc}
     return {"headline": "f1", "f1": glue_metrics.f1_binary(pred, labels), "accuracy": acc}
+
+
+def _codes_metric(task: str):
+    """metric([seeds, rows] of pred * 2 + label codes) -> [seeds] headline values."""
+    def metric(codes):
+        pred, lab = codes // 2, codes % 2
+        if task == "sst2":
+            return (pred == lab).mean(axis=1)
+        tp = ((pred == 1) & (lab == 1)).sum(1)
+        wrong = (pred != lab).sum(1)
+        return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), 0.0)
+    return metric
+
+
+def row_interval(task: str, pred, labels, seed: int = 0, samples: int = 2000) -> dict:
+    """The headline metric's 95 % percentile bootstrap interval over dev rows."""
+    codes = (2 * np.asarray(pred) + np.asarray(labels))[None]
+    rng = np.random.default_rng(seed)
+    metric = _codes_metric(task)
+    draws = metric(codes[:, rng.integers(0, codes.shape[1], (samples, codes.shape[1]))][0])
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"mean": float(metric(codes)[0]), "lo": float(lo), "hi": float(hi),
+            "method": "bootstrap over dev rows"}
+
+
+def paired_rows(task: str, pred_a, pred_b, labels, seed: int = 0) -> stats.Interval:
+    """Headline(a) - headline(b) on the same dev rows: the paired bootstrap's interval."""
+    lab = np.asarray(labels)
+    return stats.paired_bootstrap((2 * np.asarray(pred_a) + lab)[None],
+                                  (2 * np.asarray(pred_b) + lab)[None], seed=seed,
+                                  metric=_codes_metric(task))
 
 
 def per_class(pred: np.ndarray, labels: np.ndarray, num_classes: int = 2) -> dict:
