@@ -6,7 +6,8 @@ import_hf: HF model dir (config.json + model.safetensors | pytorch_model.bin | s
 export_hf: params -> an HF dir loadable by transformers' Auto* classes (safetensors) with the
   tokenizer files of `tokenizer_dir`, written to `<out>.tmp` and renamed, so a failure leaves
   nothing behind (a bucket `out`: built locally, then uploaded with config.json last). Values
-  are copied exactly (float32), so pruned zeros stay zero.
+  are copied exactly (float32), so pruned zeros stay zero; FFN neurons removed by
+  structured pruning leave the file as far as one intermediate_size allows (compact_ffn).
 An HF dir on gs:// is read from a local copy (paths.local): transformers and safetensors read
 local files only.
 """
@@ -28,6 +29,7 @@ from prune_ofa_jax.convert import hf_names, layer_mix
 from prune_ofa_jax.data import tokenization
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as config_lib
+from prune_ofa_jax.sparsity import groups
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +250,42 @@ def hf_config(model_config: config_lib.ModelConfig, task: str) -> Any:
     return cfg.to_hf(**extra)
 
 
+def compact_ffn(params: Any, model_config: config_lib.ModelConfig):
+    """(params, model_config) with the FFN as narrow as one `intermediate_size` for every
+    layer allows: each layer's FFN neurons whose output row is zero (removed by a structured
+    method) dropped, then zero neurons appended up to the widest layer's count (a zero
+    intermediate column, bias 0 and output row add exactly nothing). Heads stay in the
+    dense shape with zeros: transformers (5.x) holds one head count and one head size for
+    every layer and no `pruned_heads`. Unchanged when no layer lost a neuron."""
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
+    kept = [n for _, n, _ in groups.kept_units(flat, model_config)]
+    width = max([len(n) for n in kept] + [1])
+    if not kept or width >= model_config.intermediate_size:
+        return params, model_config
+    for prefix, neurons in zip(groups.layer_prefixes(flat), kept):
+        pad = width - len(neurons)
+        for name, axis in (("ffn/intermediate/kernel", 1), ("ffn/intermediate/bias", 0),
+                           ("ffn/output/kernel", 0)):
+            w = np.take(flat[f"{prefix}/{name}"], neurons, axis=axis)
+            widths = [(0, 0)] * w.ndim
+            widths[axis] = (0, pad)
+            flat[f"{prefix}/{name}"] = np.pad(w, widths)
+    log.info("HF export: FFN width %d -> %d (the widest layer's kept neurons; narrower "
+             "layers zero-padded); heads kept in the dense shape with zeros",
+             model_config.intermediate_size, width)
+    return unflatten(flat), model_config.replace(intermediate_size=width)
+
+
 def export_hf(params: Any, model_config: config_lib.ModelConfig, task: str, out_dir,
-              tokenizer_dir=None, overwrite: bool = False):
+              tokenizer_dir=None, overwrite: bool = False, compact: bool = True):
     """Writes an HF PyTorch model dir (config.json + model.safetensors [+ the tokenizer files
     of `tokenizer_dir`, local or gs://]); `out_dir` local or gs://. A layer_mix classifier
     (no HF class has it): the encoder as the family's base model plus the head in its own
-    file (convert/layer_mix.py). Returns the dir (a pathlib.Path, an epath for a bucket)."""
+    file (convert/layer_mix.py). `compact`: FFN neurons removed by structured pruning are
+    dropped as far as one intermediate_size allows (compact_ffn); pruned heads stay as
+    zeros. Returns the dir (a pathlib.Path, an epath for a bucket)."""
+    if compact:
+        params, model_config = compact_ffn(params, model_config)
     if paths.is_bucket(out_dir):
         return _export_to_bucket(params, model_config, task, out_dir, tokenizer_dir, overwrite)
     if task == "cls" and model_config.cls_head != "default":

@@ -1,6 +1,13 @@
 """`export(params, model_config, out, int8=..., quant=...)`: a BertFamily classifier as an
 ONNX model (see runtime/onnx_graph.py for what int8 means). Inputs input_ids, attention_mask,
-token_type_ids (int64 [batch, seq], any size), output logits float32 [batch, num_labels]."""
+token_type_ids (int64 [batch, seq], any size), output logits float32 [batch, num_labels].
+
+Compact by default: heads and FFN neurons that a structured method removed (their output
+rows all zero) are not in the graph, so each layer has its own head count and FFN width and
+the model is as much faster as it is smaller; a layer that lost every head (or neuron)
+keeps its residual path plus the output bias. Removing a unit whose output rows are zero is
+exact, so unpruned and unstructured models give the same function either way.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +19,46 @@ import numpy as np
 
 from prune_ofa_jax.convert import hf
 from prune_ofa_jax.runtime import onnx_graph
+from prune_ofa_jax.sparsity import groups
 
 
-def _encoder_layer(bld, x: str, bias: str, i: int, shape_bnhd: str, shape_blh: str) -> str:
+def _encoder_layer(bld, x: str, bias: str, i: int, keep=None) -> str:
+    """One post-LN layer; `keep` = (kept heads, kept neurons, kept dims per head) or None
+    (all): a compact layer has only those (no head or no neuron: the output bias)."""
     g, cfg = bld.g, bld.cfg
     p = f"backbone/encoder/layer_{i}"
+    heads_kept, neurons_kept, dims = keep if keep is not None else (None, None, None)
+    n = cfg.num_heads if heads_kept is None else len(heads_kept)
+    dd = cfg.head_dim if dims is None else len(dims)
+    cols = None if heads_kept is None or n * dd == cfg.hidden_size else groups.head_columns(
+        heads_kept, cfg.head_dim, dims)
+    neurons = None if neurons_kept is None or len(neurons_kept) == cfg.intermediate_size \
+        else neurons_kept
+    if n == 0:
+        att = bld.bias_only(x, f"{p}/attention/output")
+    else:
+        shape_bnhd = g.const(f"{p}/shape_bnhd", np.array([0, 0, n, dd], np.int64))
+        shape_blh = g.const(f"{p}/shape_blh", np.array([0, 0, n * dd], np.int64))
 
-    def heads(t, perm):
-        return g.op("Transpose", [g.op("Reshape", [t, shape_bnhd])], perm=perm)
+        def heads(t, perm):
+            return g.op("Transpose", [g.op("Reshape", [t, shape_bnhd])], perm=perm)
 
-    q = heads(bld.dense(x, f"{p}/attention/query"), [0, 2, 1, 3])
-    k = heads(bld.dense(x, f"{p}/attention/key"), [0, 2, 3, 1])
-    v = heads(bld.dense(x, f"{p}/attention/value"), [0, 2, 1, 3])
-    scores = g.op("Div", [g.op("MatMul", [q, k]),
-                          g.const(f"{p}/sqrt_d", np.float32(math.sqrt(cfg.head_dim)))])
-    probs = g.op("Softmax", [g.op("Add", [scores, bias])], axis=-1)
-    ctx = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3]),
-                           shape_blh])
-    att = bld.dense(ctx, f"{p}/attention/output")
+        q = heads(bld.dense(x, f"{p}/attention/query", cols=cols), [0, 2, 1, 3])
+        k = heads(bld.dense(x, f"{p}/attention/key", cols=cols), [0, 2, 3, 1])
+        v = heads(bld.dense(x, f"{p}/attention/value", cols=cols), [0, 2, 1, 3])
+        # the full head_dim's scaling: removed dims were zero padding (AutoTinyBERT's extracts)
+        scores = g.op("Div", [g.op("MatMul", [q, k]),
+                              g.const(f"{p}/sqrt_d", np.float32(math.sqrt(cfg.head_dim)))])
+        probs = g.op("Softmax", [g.op("Add", [scores, bias])], axis=-1)
+        ctx = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [probs, v])],
+                                    perm=[0, 2, 1, 3]), shape_blh])
+        att = bld.dense(ctx, f"{p}/attention/output", rows=cols)
     x = bld.layer_norm(g.op("Add", [att, x]), f"{p}/attention/layer_norm")
-    y = bld.activation(bld.dense(x, f"{p}/ffn/intermediate"), cfg.hidden_act)
-    y = bld.dense(y, f"{p}/ffn/output")
+    if neurons is not None and len(neurons) == 0:
+        y = bld.bias_only(x, f"{p}/ffn/output")
+    else:
+        y = bld.activation(bld.dense(x, f"{p}/ffn/intermediate", cols=neurons), cfg.hidden_act)
+        y = bld.dense(y, f"{p}/ffn/output", rows=neurons)
     return bld.layer_norm(g.op("Add", [y, x]), f"{p}/ffn/layer_norm")
 
 
@@ -67,8 +93,10 @@ def _head(bld, x: str) -> str:
 
 
 def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] = None,
-          form: str = "integer"):
-    """The onnx.ModelProto of the classifier."""
+          form: str = "integer", compact: bool = True):
+    """The onnx.ModelProto of the classifier; `compact`: without the heads and FFN neurons
+    whose output rows are all zero (sparsity/groups.kept_units: exact, each layer its own
+    head count and FFN width; a model without such units gives the same graph either way)."""
     import onnx  # pylint: disable=import-outside-toplevel
     from onnx import TensorProto, helper  # pylint: disable=import-outside-toplevel
     flat = {k: np.asarray(v, np.float32) for k, v in hf.flatten(params).items()}
@@ -82,10 +110,9 @@ def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] =
     keep = g.op("Cast", [mask], to=1)
     bias = g.op("Unsqueeze", [g.op("Mul", [g.op("Sub", [g.const("one_f", np.float32(1)), keep]),
                                            neg]), g.const("ax12", np.array([1, 2], np.int64))])
-    shape_bnhd = g.const("shape_bnhd", np.array([0, 0, cfg.num_heads, cfg.head_dim], np.int64))
-    shape_blh = g.const("shape_blh", np.array([0, 0, cfg.hidden_size], np.int64))
+    keep = groups.kept_units(flat, cfg) if compact else [None] * cfg.num_layers
     for i in range(cfg.num_layers):
-        x = _encoder_layer(bld, x, bias, i, shape_bnhd, shape_blh)
+        x = _encoder_layer(bld, x, bias, i, keep[i])
     logits = _head(bld, x)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
@@ -101,9 +128,10 @@ def build(params: Any, model_config, int8: bool = False, quant: Optional[dict] =
 
 
 def export(params: Any, model_config, out, int8: bool = False,
-           quant: Optional[dict] = None, form: str = "integer") -> pathlib.Path:
+           quant: Optional[dict] = None, form: str = "integer",
+           compact: bool = True) -> pathlib.Path:
     import onnx  # pylint: disable=import-outside-toplevel
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build(params, model_config, int8, quant, form), str(out))
+    onnx.save(build(params, model_config, int8, quant, form, compact), str(out))
     return out

@@ -73,12 +73,19 @@ class _Builder:
                 if k in {f for f in qat_lib.QuantConfig.__dataclass_fields__} and v is not None}
         self.qcfg = qat_lib.QuantConfig(**qcfg)
 
-    def dense(self, x: str, path: str) -> str:
+    def dense(self, x: str, path: str, rows=None, cols=None) -> str:
+        """x @ kernel + bias; `rows` / `cols`: only those input rows / output columns of the
+        kernel (a compact layer: the others are removed units). int8 weight scales come from
+        the whole kernel, as the fake-quant model computes them."""
         g, w, b = self.g, self.flat[f"{path}/kernel"], self.flat[f"{path}/bias"]
-        bias = g.const(f"{path}/bias", b.astype(np.float32))
+        pick = lambda a: a if rows is None else a[rows]  # noqa: E731
+        col = lambda a: a if cols is None else a[..., cols]  # noqa: E731
+        bias = g.const(f"{path}/bias", col(b.astype(np.float32)))
         if not (self.int8 and self.qcfg.selects(path)):
-            return g.op("Add", [g.op("MatMul", [x, g.const(f"{path}/kernel", w)]), bias])
+            return g.op("Add", [g.op("MatMul", [x, g.const(f"{path}/kernel", col(pick(w)))]),
+                                bias])
         wq, ws = _weight_q(w, self.qcfg.per_channel)
+        wq, ws = col(pick(wq)), col(ws) if self.qcfg.per_channel else ws
         rng = self.ranges.get(path)
         if rng is not None:
             s, zp = _act_qparams(rng["input_min"], rng["input_max"])
@@ -96,6 +103,18 @@ class _Builder:
         scale = g.op("Mul", [xs, g.const(f"{path}/kernel_scale", ws)])
         y = g.op("Add", [g.op("Mul", [g.op("Cast", [acc], to=1), scale]), bias])
         if self.qcfg.requantizes(path) and "output_min" in (rng or {}):
+            y = self._requantize(y, path, rng, bias)
+        return y
+
+    def bias_only(self, like: str, path: str) -> str:
+        """What dense(x, path) gives when every input row is removed (a layer without heads
+        or neurons): its bias, broadcast to `like`'s shape (requantised as in dense)."""
+        g = self.g
+        bias = g.const(f"{path}/bias", self.flat[f"{path}/bias"].astype(np.float32))
+        y = g.op("Expand", [bias, g.op("Shape", [like])])
+        rng = self.ranges.get(path)
+        if (self.int8 and self.qcfg.selects(path) and self.form != "qdq"
+                and self.qcfg.requantizes(path) and "output_min" in (rng or {})):
             y = self._requantize(y, path, rng, bias)
         return y
 
