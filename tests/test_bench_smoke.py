@@ -4,7 +4,7 @@ per variant, every figure written to bench.json as a positive finite ratio."""
 import json
 import math
 
-from prune_ofa_jax.bench import core, settings, variants
+from prune_ofa_jax.bench import core, obs_bench, settings, variants
 
 TINY = ("num_layers=1,hidden_size=32,num_heads=2,intermediate_size=64,vocab_size=512,"
         "max_position_embeddings=64")
@@ -115,3 +115,20 @@ def test_accelerator_section_runs_when_forced_on_cpu(tmp_path):
     assert fig["met"] == (prune["mfu"] >= 0.45)
     ratio = fig["prune_ofa_vs_dense"]
     assert all(math.isfinite(ratio[k]) and ratio[k] > 0 for k in ("ratio", "min_ratio"))
+
+
+def test_obs_suite_writes_its_figures(tmp_path):
+    bc = _tiny_config(extras=False)
+    bc.suite, bc.steps = "obs", 2
+    bc.obs.block_size = 8
+    result = obs_bench.run(bc, str(tmp_path), log=lambda *_: None)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert set(data["figures"]) == set(obs_bench.FIGURES) == set(result["figures"])
+    for key in ("obs_fisher_step_vs_train_step", "obs_idle_step_vs_gmp_step"):
+        _assert_ratio(key, data["figures"][key])
+    prune = data["figures"]["obs_prune_s_per_1m_weights"]
+    # one layer's q, k, v, o and FFN kernels, and the pooler (the upstream recipe's cover)
+    assert prune["value"] > 0 and prune["prunable_weights"] == 5 * 32 * 32 + 2 * 32 * 64
+    fb = data["figures"]["obs_fisher_bytes"]
+    assert fb["total"] == fb["blocks"] * 8 * 8 * 4 and fb["per_device_of_8"] * 8 >= fb["total"]
+    assert set(data["steps"]) == {"gmp", "obs_idle", "obs_window"}
