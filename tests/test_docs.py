@@ -13,7 +13,8 @@ PAGES = [README] + sorted((REPO / "docs").rglob("*.md"))
 MAX_README_LINES = 250
 # Study page -> the marker name its writer uses (<!-- NAME:begin --> ... <!-- NAME:end -->).
 STUDY_MARKERS = {"reproduce.md": "reproduce", "masks.md": "masks", "distiller.md": "distiller",
-                 "compression.md": "compress", "autotinybert.md": "autotinybert"}
+                 "compression.md": "compress", "autotinybert.md": "autotinybert",
+                 "obs.md": "obs", "structured.md": "structured"}
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 _CODE = re.compile(r"`[^`\n]*`")

@@ -6,6 +6,8 @@
   masks        mask-learning methods compared on one protocol
   reproduce    the paper's claim (prune once upstream, with KD) as a comparison
   distiller    the Distiller study: KD pipelines, a search and AutoDistiller
+  obs          second-order pruning (OBS / oBERT) vs magnitude, one-shot and gradual
+  structured   score vs measured onnxruntime latency for every compression method
 
 Each runs its training runs into DIR (rerunning the command continues it) and writes its
 summary, table and plot there; --doc writes the table and plot into its page,
@@ -15,13 +17,16 @@ docs/studies/<name>.md. `python -m prune_ofa_jax.study <name> --help` lists a st
 import sys
 
 from prune_ofa_jax import cli
-from prune_ofa_jax.study import compress_study, distiller, harness, mask_methods, reproduce
+from prune_ofa_jax.study import (compress_study, distiller, harness, mask_methods, obs_study,
+                                 reproduce, structured_study)
 
 STUDIES = {
     "compression": compress_study.STUDY,
     "masks": mask_methods.STUDY,
     "reproduce": reproduce.STUDY,
     "distiller": distiller.STUDY,
+    "obs": obs_study.STUDY,
+    "structured": structured_study.STUDY,
 }
 
 
