@@ -1,6 +1,7 @@
-"""The reproduction study's result: per row and task, the dev metrics' mean and spread over
-seeds and the retention (sparse / dense, paired by seed), as JSON, a Markdown table and a
-plot; and what a study cost (`cost`, `cost_line`: every study's table ends with it)."""
+"""The Prune OFA study's result: per row and task the dev metrics' mean and 95 % t interval
+over seeds, the chance baselines, the held-out masked-LM accuracy of the teacher and of every
+upstream student, the paired differences the decision rules are about and their verdicts, as
+JSON, Markdown tables and a plot."""
 
 from __future__ import annotations
 
@@ -8,100 +9,168 @@ import pathlib
 
 import numpy as np
 
-from prune_ofa_jax.study import cost
+from prune_ofa_jax.study import cost, stats
 
-# The table's rows; the upstream variant each sparse row transfers from.
-ROWS = ("dense", "prune_ofa", "gmp_no_kd", "prune_ofa_fast", "task_gmp")
-UPSTREAM_OF = {"prune_ofa": "kd_all", "gmp_no_kd": "no_kd", "prune_ofa_fast": "kd_masked"}
+# The table's rows; the upstream variant each sparse transfer row starts from.
+ROWS = ("dense", "prune_ofa", "gmp_no_kd", "task_gmp")
+UPSTREAM_OF = {"prune_ofa": "kd", "gmp_no_kd": "no_kd"}
 
-# task -> (metric keys in the run's eval, label); the first key is the task's score.
+# task -> (metric keys in the run's eval, label); the first key is the one the rules use.
 METRICS = {"sst2": (("accuracy",), "SST-2 acc"),
-           "mrpc": (("f1", "accuracy"), "MRPC F1/acc"),
-           "squad": (("f1", "exact_match"), "SQuAD F1/EM")}
-LABELS = {"dense": "dense fine-tune", "prune_ofa": "Prune OFA (all-token KD)",
-          "gmp_no_kd": "upstream GMP, no KD", "prune_ofa_fast": "Prune OFA, masked KD (fast)",
-          "task_gmp": "task-specific GMP"}
+           "tweets": (("accuracy", "f1"), "tweets acc / F1")}
+LABELS = {"dense": "dense fine-tune", "prune_ofa": "Prune OFA (upstream GMP + KD)",
+          "gmp_no_kd": "upstream GMP, no KD", "task_gmp": "task GMP (same steps)",
+          "task_gmp_long": "task GMP + upstream's steps (compute-matched)",
+          "kd": "upstream GMP + KD (Prune OFA)", "no_kd": "upstream GMP, no KD",
+          "teacher": "dense teacher"}
 
 
 def headline(ev: dict) -> str:
-    keys = ("accuracy", "f1", "exact_match", "mlm_accuracy", "loss")
+    keys = ("accuracy", "f1", "exact_match", "eval_mlm_accuracy", "loss")
     return ", ".join(f"{k}={ev[k]:.4f}" for k in keys if k in ev) or "no metrics"
 
 
-def _scale(task: str) -> float:
-    return 1.0 if task == "squad" else 100.0  # everything in points (SQuAD's already are)
+def _interval(values) -> dict:
+    return {"per_seed": [float(v) for v in values],
+            **stats.t_interval(values).to_dict()}
 
 
-def summarise(p, reports: dict) -> dict:
-    seeds = list(p.seeds)
-    rows = []
-    for row in ROWS:
+def _as_interval(d: dict) -> stats.Interval:
+    return stats.Interval(d["mean"], d["lo"], d["hi"], d["n"])
+
+
+def rows(p) -> tuple:
+    """The study's rows: ROWS, + the compute-matched task GMP with p.compute_matched."""
+    return ROWS + (("task_gmp_long",) if p.compute_matched else ())
+
+
+def summarise(p, reports: dict, dev_labels: dict, rules: dict) -> dict:
+    """The summary: rows, baselines, held-out MLM, comparisons (each with its rule's verdict),
+    settings. reports: run name -> report.json; dev_labels: task -> the dev labels."""
+    seeds, tasks = list(p.seeds), list(p.tasks)
+    per = {}  # (task, row) -> {metric: [value per seed]}
+    table = []
+    for row in rows(p):
         out = {"row": row, "label": LABELS[row], "tasks": {}}
-        for task in p.tasks:
-            keys, _ = METRICS[task]
+        for task in tasks:
             runs = [reports[f"ft_{task}_{row}_s{s}"] for s in seeds]
-            dense = [reports[f"ft_{task}_dense_s{s}"] for s in seeds]
             t = {}
-            for k in keys:
-                vals = np.array([r["eval"][k] * _scale(task) for r in runs])
-                ref = np.array([r["eval"][k] * _scale(task) for r in dense])
-                ret = vals / np.where(ref == 0, np.nan, ref)
-                t[k] = {"per_seed": vals.tolist(), "mean": float(vals.mean()),
-                        "spread": float(np.ptp(vals) / 2),
-                        "retention_mean": float(np.nanmean(ret)) if np.isfinite(ret).any()
-                        else None,
-                        "retention_spread": float(np.ptp(ret) / 2) if np.isfinite(ret).all()
-                        else None}
-            t["sparsity"] = float(np.mean([r["sparsity"].get("global") or 0.0
-                                           for r in runs]))
+            for k in METRICS[task][0]:
+                per[task, row, k] = [r["eval"][k] for r in runs]
+                t[k] = _interval(per[task, row, k])
+            t["sparsity"] = float(np.mean([r["sparsity"].get("global") or 0.0 for r in runs]))
             t["steps"] = int(runs[0]["steps"])
             out["tasks"][task] = t
-        upstream = UPSTREAM_OF.get(row)
-        out["upstream_wall_s"] = (sum(reports[f"up_{upstream}_s{s}"]["wall_time_s"]
-                                      for s in seeds) if upstream else 0.0)
+        up = UPSTREAM_OF.get(row)
+        out["upstream_wall_s"] = (sum(reports[f"up_{up}_s{s}"]["wall_time_s"] for s in seeds)
+                                  if up else 0.0)
         out["finetune_wall_s"] = sum(reports[f"ft_{t}_{row}_s{s}"]["wall_time_s"]
-                                     for t in p.tasks for s in seeds)
-        rows.append(out)
-    return {"rows": rows, "seeds": seeds, "target": p.target,
+                                     for t in tasks for s in seeds)
+        table.append(out)
+    mlm_acc = {v: [reports[f"up_{v}_s{s}"]["eval"]["eval_mlm_accuracy"] for s in seeds]
+               for v in UPSTREAM_OF.values()}
+    mlm = {"teacher": {"accuracy": reports["teacher"]["eval"]["eval_mlm_accuracy"],
+                       "loss": reports["teacher"]["eval"]["eval_mlm_loss"]}}
+    for v, acc in mlm_acc.items():
+        ups = [reports[f"up_{v}_s{s}"] for s in seeds]
+        mlm[v] = {"accuracy": _interval(acc),
+                  "loss": _interval([r["eval"]["eval_mlm_loss"] for r in ups]),
+                  "sparsity": float(np.mean([r["sparsity"].get("global") or 0.0 for r in ups])),
+                  "steps": int(ups[0]["steps"])}
+    comparisons = []
+
+    def compare(rule_id, a, b, task=None):
+        rule = rules[rule_id] if rule_id else None
+        if task is None:
+            va, vb = mlm_acc[a], mlm_acc[b]
+        else:
+            key = METRICS[task][0][0]
+            va, vb = per[task, a, key], per[task, b, key]
+        diff = stats.paired(va, vb)
+        comparisons.append({"rule": rule_id, "text": rule.text if rule else "", "a": a, "b": b,
+                            "task": task, "diff": diff.to_dict(),
+                            "margin": rule.margin if rule else None,
+                            "verdict": rule.verdict(diff) if rule else "(no rule)"})
+    for task in tasks:
+        compare("R1", "prune_ofa", "task_gmp", task)
+    compare("R2", "kd", "no_kd")
+    for task in tasks:
+        compare("R3", "prune_ofa", "gmp_no_kd", task)
+    for task in tasks:  # what the sparsity costs, and the compute-matched row: no rule
+        compare(None, "prune_ofa", "dense", task)
+        compare(None, "task_gmp", "dense", task)
+        if p.compute_matched:
+            compare(None, "prune_ofa", "task_gmp_long", task)
+    baselines = {task: {"majority": stats.majority(y), "random": stats.uniform_random(y, 2),
+                        "dev_rows": int(len(y))} for task, y in dev_labels.items()}
+    return {"rows": table, "seeds": seeds, "target": p.target, "baselines": baselines,
+            "mlm": mlm, "comparisons": comparisons,
+            "rules": {k: {"a": r.a, "b": r.b, "margin": r.margin, "text": r.text}
+                      for k, r in rules.items()},
             "teacher_wall_s": reports["teacher"]["wall_time_s"],
-            "settings": {"upstream_steps": p.upstream_steps,
+            "settings": {"upstream_steps": p.upstream_steps, "prune_end": p.prune_end,
+                         "prune_freeze": p.prune_freeze, "update_every": p.update_every,
                          "upstream_seq_len": p.upstream_seq_len, "batch_size": p.batch_size,
-                         "teacher_steps": p.teacher_steps,
+                         "teacher_steps": p.teacher_steps, "split_seed": p.split_seed,
+                         "eval_files": list(p.eval_files), "text_files": list(p.text_files),
+                         "mlm_eval_rows": p.mlm_eval_batches * p.eval_batch_size,
                          "tasks": {k: dict(v) for k, v in p.tasks.items()}}}
 
 
-def _cell(m: dict) -> str:
-    return f"{m['mean']:.1f} ± {m['spread']:.1f}"
+def _fmt(d: dict) -> str:
+    return _as_interval(d).fmt(100.0, 1)
 
 
-def _ret(m: dict) -> str:
-    if m["retention_mean"] is None:
-        return "n/a"  # the dense score was 0
-    spread = "" if m["retention_spread"] is None else f" ± {100 * m['retention_spread']:.1f}"
-    return f"{100 * m['retention_mean']:.1f}{spread} %"
+def _baseline_cells(summary: dict, which: str) -> list:
+    cells = []
+    for task, b in summary["baselines"].items():
+        vals = [b[which].get(k) for k in METRICS[task][0]]
+        cells.append(" / ".join("—" if v is None else f"{100 * v:.1f}" for v in vals))
+    return cells
 
 
 def markdown(summary: dict) -> str:
     tasks = list(summary["rows"][0]["tasks"])
-    head = ["row"] + [f"{METRICS[t][1]}" for t in tasks] + [
-        f"{METRICS[t][1].split()[0]} retention" for t in tasks] + ["sparsity", "wall (s)"]
+    head = ["row"] + [METRICS[t][1] for t in tasks] + ["sparsity", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         cells = [r["label"]]
         for t in tasks:
-            keys = METRICS[t][0]
-            cells.append(" / ".join(_cell(r["tasks"][t][k]) for k in keys))
-        for t in tasks:
-            cells.append(_ret(r["tasks"][t][METRICS[t][0][0]]))
+            cells.append(" / ".join(_fmt(r["tasks"][t][k]) for k in METRICS[t][0]))
         cells.append(f"{np.mean([r['tasks'][t]['sparsity'] for t in tasks]):.3f}")
         cells.append(f"{r['upstream_wall_s'] + r['finetune_wall_s']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    n = len(summary["seeds"])
-    lines.append("")
-    lines.append(f"Mean ± half the range over {n} seeds (seeds {summary['seeds']}); retention = "
-                 "sparse / dense of the same seed, on the first metric. Wall = this row's "
-                 f"upstream and fine-tune runs, all seeds; teacher preparation "
-                 f"({summary['teacher_wall_s']:.0f} s) is shared. {cost.cost_line(summary)}")
+    for which, label in (("majority", "majority class"), ("random", "uniform random")):
+        lines.append("| " + " | ".join([f"*{label}*"] + _baseline_cells(summary, which)
+                                       + ["—", "—"]) + " |")
+    n, s = len(summary["seeds"]), summary["settings"]
+    dev = ", ".join(f"{t} {b['dev_rows']}" for t, b in summary["baselines"].items())
+    lines += ["", f"Dev scores in points: mean [95 % t interval] over {n} seeds "
+              f"{summary['seeds']}; dev rows: {dev} (one split for every seed). Wall = the "
+              "row's upstream and fine-tune runs, all seeds; teacher preparation "
+              f"({summary['teacher_wall_s']:.0f} s) is shared.", ""]
+    m = summary["mlm"]
+    lines += ["| model (held-out masked LM: " + ", ".join(s["eval_files"]) + ") | MLM accuracy "
+              "| MLM loss | sparsity | steps |", "|---|---|---|---|---|",
+              f"| {LABELS['teacher']} | {100 * m['teacher']['accuracy']:.1f} | "
+              f"{m['teacher']['loss']:.3f} | 0.000 | {s['teacher_steps']} |"]
+    for v in UPSTREAM_OF.values():
+        lines.append(f"| {LABELS[v]} | {_fmt(m[v]['accuracy'])} | "
+                     f"{_as_interval(m[v]['loss']).fmt(1.0, 3)} | {m[v]['sparsity']:.3f} | "
+                     f"{m[v]['steps']} |")
+    lines += ["", f"{s['mlm_eval_rows']} rows of {s['upstream_seq_len']} tokens, the same "
+              "masked positions for every model.", "",
+              "| rule | difference (paired by seed) | task | mean [95 % interval], points "
+              "| verdict |", "|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        what = f"{LABELS.get(c['a'], c['a'])} − {LABELS.get(c['b'], c['b'])}"
+        task = c["task"] or "held-out MLM"
+        lines.append(f"| {c['rule'] or '—'} | {what} | {task} | "
+                     f"{_as_interval(c['diff']).fmt(100.0, 2)} | {c['verdict']} |")
+    lines += ["", " ".join(f"{k}: {r['text']}." for k, r in summary["rules"].items())
+              + " A rule holds when the whole interval is on its side of the bound, fails "
+              "when the whole interval is on the other, and is undecided otherwise. "
+              + cost.cost_line(summary)]
     return "\n".join(lines) + "\n"
 
 
@@ -110,21 +179,33 @@ def plot(summary: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     tasks = list(summary["rows"][0]["tasks"])
-    rows = [r for r in summary["rows"] if r["row"] != "dense"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        ms = [r["tasks"][t][METRICS[t][0][0]] for t in tasks]
-        x = np.arange(len(tasks)) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(x, [100 * (m["retention_mean"] or 0) for m in ms], width,
-               yerr=[100 * (m["retention_spread"] or 0) for m in ms], capsize=3,
-               label=r["label"])
-    ax.axhline(100, color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(tasks)), [METRICS[t][1].split()[0] for t in tasks])
-    ax.set_ylabel("retention vs dense (%)")
-    ax.set_title(f"MiniLM-L6 at {summary['target']:.0%} sparsity, "
-                 f"{len(summary['seeds'])} seeds")
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 3.8))
+    for ax, task in zip(axes, tasks):
+        key = METRICS[task][0][0]
+        ms = [_as_interval(r["tasks"][task][key]) for r in summary["rows"]]
+        x = np.arange(len(ms))
+        err = [[0 if m.lo is None else 100 * (m.mean - m.lo) for m in ms],
+               [0 if m.hi is None else 100 * (m.hi - m.mean) for m in ms]]
+        ax.bar(x, [100 * m.mean for m in ms], yerr=err, capsize=3, color="C0")
+        b = summary["baselines"][task]
+        ax.axhline(100 * b["majority"][key], color="k", ls="--", lw=0.9, label="majority")
+        ax.axhline(100 * b["random"][key], color="0.5", ls=":", lw=0.9, label="random")
+        ax.set_xticks(x, [r["row"] for r in summary["rows"]], rotation=25, fontsize=7)
+        lo = min(100 * b["random"][key], min(100 * (m.lo or m.mean) for m in ms))
+        ax.set_ylim(lo - 5, 100)
+        ax.set_title(f"{METRICS[task][1].split()[0]} dev {key} (%)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    ax, m = axes[-1], summary["mlm"]
+    ivs = [_as_interval(m[v]["accuracy"]) for v in UPSTREAM_OF.values()]
+    x = np.arange(len(ivs) + 1)
+    ax.bar(x, [100 * m["teacher"]["accuracy"]] + [100 * i.mean for i in ivs],
+           yerr=[[0] + [0 if i.lo is None else 100 * (i.mean - i.lo) for i in ivs],
+                 [0] + [0 if i.hi is None else 100 * (i.hi - i.mean) for i in ivs]],
+           capsize=3, color=["C2", "C0", "C1"])
+    ax.set_xticks(x, ["teacher", "upstream KD", "upstream no KD"], fontsize=7)
+    ax.set_title("held-out masked-LM accuracy (%)", fontsize=9)
+    fig.suptitle(f"MiniLM-L6 at {summary['target']:.0%} sparsity, {len(summary['seeds'])} seeds, "
+                 "95 % t intervals", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
