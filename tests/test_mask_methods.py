@@ -411,8 +411,8 @@ def test_movement_resumes_exactly_and_exports_zeros(tiny_ckpts, tmp_path, monkey
     """Movement pruning (weights and scores train, Adam on both), killed at step 7, resumed
     from step 4: the same params, scores, masks and optimizer states as a straight run; the
     HF export (standard head) reloads with exactly the masks' zeros. (movement_soft and
-    supermask keep the same state; every method runs through the loop in the study's
-    :test, tests/test_mask_study.py.)"""
+    supermask keep the same state; AdaPrune runs through the loop above, the random mask
+    and hard movement in the mask study's :test, tests/test_mask_study.py.)"""
     import orbax.checkpoint as ocp
     import transformers
 
