@@ -26,6 +26,7 @@ def _demo(root):
     return root / "run", summary, c
 
 
+@pytest.mark.slow
 def test_demo_pipeline(tmp_path, shared_data, capsys):
     """One test, one build of the demo: the checks below share it (tests spread over
     xdist workers would each build their own), and so does the :test-sized compression

@@ -8,7 +8,7 @@ import json
 import pytest
 import train_helpers
 
-from prune_ofa_jax.kdsearch import autodistiller, candidates
+from prune_ofa_jax.kdsearch import autodistiller, candidates, runs
 from prune_ofa_jax.study import distiller, harness
 
 
@@ -28,25 +28,55 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
     p.lock()  # as the CLI's config flag hands it over
     summary = distiller.run(p, tmp_path)
     tasks = list(p.tasks)
+    assert tasks == ["sst2", "tweets"]  # no MRPC
     assert [r["row"] for r in summary["rows"]] == list(p.rows) + ["autodistiller"]
     for r in summary["rows"]:
         for t in tasks:
             cell = r["tasks"][t]
             assert len(cell["per_seed"]) == len(p.seeds) and 0 <= cell["mean"] <= 100
+            if r["row"] != "student":  # paired by seed against the student alone
+                d = r["vs_student"][t]
+                assert d["mean"] == pytest.approx(cell["mean"] - summary["rows"][0]["tasks"][t]
+                                                  ["mean"])
+    meta = autodistiller.read_table(tmp_path / "meta_table.csv")
     for t in tasks:
-        pick = summary["picks"][t]["pipeline"]
-        assert candidates.canonical(pick) == pick
+        pick = summary["picks"][t]
+        assert candidates.canonical(pick["pipeline"]) == pick["pipeline"]
+        # ONE pick: its recommendation, run with every seed, the row the table measures
+        mine = [r for r in meta if r["task"] == t and r["source"] == "autodistiller"]
+        assert len(mine) == len(p.seeds)
+        assert all(candidates.key(autodistiller.pipe_of(r)) == candidates.key(pick["pipeline"])
+                   for r in mine)
+        assert pick["measured"]["mean"] == pytest.approx(
+            100 * sum(r["score"] for r in mine) / len(mine))
         loto = summary["leave_one_task_out"][t]
         assert loto["rows"] == len(p.rows) * len(p.seeds) + p.search_budget
-        assert loto["best_ratio"] >= loto["top_pick_ratio"] - 1e-9
+        assert loto["best_ratio"] >= loto["top_ranked_row_ratio"] - 1e-9
         best = json.loads((tmp_path / f"search_{t}" / "best_config.json").read_text())
         assert best["task"] == t and any("distill." in f for f in best["flags"])
-    table = autodistiller.read_table(tmp_path / "meta_table.csv")
-    assert len(table) == len(tasks) * (len(p.rows) * len(p.seeds) + p.search_budget
-                                       + len(p.seeds))
+        base = summary["baselines"][t]  # on the dev rows the runs score
+        assert base["rows"] == p.tasks[t].eval_subset
+        assert 0 <= base["random"] <= 100 and 0 <= base["majority"] <= 100
+    # the augmented row costs a row: as many rows per step as the student's, half augmented
+    dirs = {"student": tmp_path / "student_init", "teacher": tmp_path / "teacher_sst2" / "model",
+            "mlm": tmp_path / "mlm" / "model"}
+    aug = runs.student_config(p, "sst2", candidates.FIXED["augment"], 0, dirs)
+    alone = runs.student_config(p, "sst2", candidates.FIXED["student"], 0, dirs)
+    assert aug.train.batch_size == alone.train.batch_size == p.batch_size
+    assert aug.augment.fraction == 0.5 and aug.data.split_seed == alone.data.split_seed == 0
+    # only the rules whose rows ran (mi_alpha did not at this size), against the best fixed row
+    assert [(v["rule"], v["task"]) for v in summary["rules"]] == [
+        ("autodistiller", t) for t in tasks]
+    for v in summary["rules"]:
+        best = max(p.rows, key=lambda r, t=v["task"]: next(
+            x for x in summary["rows"] if x["row"] == r)["tasks"][t]["mean"])
+        assert v["b"] == best and v["verdict"] == "n < 2"  # one seed at :test size
+    assert len(meta) == len(tasks) * (len(p.rows) * len(p.seeds) + p.search_budget
+                                      + len(p.seeds))
     assert (tmp_path / "distiller.png").stat().st_size > 1000
     md = (tmp_path / "table.md").read_text()
-    assert "AutoDistiller's pick" in md and "MRPC F1" in md
+    assert "AutoDistiller: one pick per task" in md and "SST-2 acc" in md
+    assert "majority class / random / all class 1" in md and "MRPC" not in md
     # The command line on the same settings: a rerun (everything done before, nothing
     # trains) that writes the README section and ships the meta-table.
     begin, end = harness.markers("distiller")
@@ -77,7 +107,7 @@ def test_study_test_size_end_to_end_and_autodistiller_cli(tiny_ckpts, shared_dat
         distiller.run(p, tmp_path)
 
     capsys.readouterr()
-    assert autodistiller.main(["recommend", "--task", "mrpc", "--top", "3", "--candidates", "8",
+    assert autodistiller.main(["recommend", "--task", "sst2", "--top", "3", "--candidates", "8",
                                "--table", str(tmp_path / "meta_table.csv")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith("1. predicted")

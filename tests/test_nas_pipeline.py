@@ -11,7 +11,7 @@ import train_helpers
 
 from prune_ofa_jax import presets
 from prune_ofa_jax.convert import params_ckpt
-from prune_ofa_jax.nas import stages, supernet
+from prune_ofa_jax.nas import fitness, stages, supernet
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import inputs, loop
 
@@ -90,11 +90,22 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
         assert set(f["predicted_ms"]) == set(f["measured_ms"]) == {"1", "2"}
         lo, hi = f["window_ms"]
         assert lo <= f["predicted_ms"]["1"] <= hi
-        assert 0.0 <= f["finetuned"]["mrpc"]["accuracy"] <= 1.0
+        acc = f["finetuned"]["sst2"]["accuracy"]
+        assert 0.0 <= acc["mean"] <= 1.0 and acc["per_seed"] == [acc["mean"]]  # one seed
         assert on_disk["extracted"][f"searched_{key}"] == f["hf_dir"]
     for path in on_disk["extracted"].values():
         model = transformers.BertModel.from_pretrained(path)
         assert model.config.hidden_size in (24, 48)
+    # the uniform baseline is cut from the supernet, as the searched models are
+    src = json.loads((wd / "4_extract" / "uniform_L1" / "autotinybert.json").read_text())
+    assert src["supernet"] == str(wd / "1_supernet" / "model")
+    # the search's fitness scored held-out training rows, never the dev set
+    assert on_disk["fitness"]["scored_on"] == "32 train rows held out"
+    base = on_disk["baselines"]["sst2"]
+    assert base["rows"] == 64 and 0.5 <= base["majority"]["accuracy"] < 1
+    # latency: the teacher timed beside every arch, in worker processes of their own
+    assert len(on_disk["latency"]["teacher_ms_groups"]) >= 4
+    assert set(on_disk["prune_ofa"]["time_ratio"]) == {"1", "2"}
     assert (wd / "autotinybert.png").stat().st_size > 1000
     assert on_disk["latency"]["n_archs"] >= 4 and on_disk["prune_ofa"]["sparsity"] == 0.8
     # every stage done: a rerun only re-reads, and its report keeps the cost of all invocations
@@ -103,3 +114,27 @@ def test_autotinybert_test_config_end_to_end_with_resume(nas_config, monkeypatch
     assert again["found"] == report["found"]
     assert all(again["stage_wall_s"][k] >= v for k, v in walls.items())
     assert again["wall_time_s"] >= on_disk["wall_time_s"] > again["wall_time_s"] / 2
+
+
+def test_fitness_holds_out_training_rows_fixed_by_the_split_seed():
+    held, rest = fitness.heldout_split(100, 20, 0)
+    assert len(held) == 20 and len(rest) == 80 and not set(held) & set(rest)
+    np.testing.assert_array_equal(fitness.heldout_split(100, 20, 0)[0], held)  # stable
+    assert not np.array_equal(fitness.heldout_split(100, 20, 1)[0], held)  # the split seed's
+    _, sub = fitness.heldout_split(100, 20, 0, train_subset=10)
+    assert len(sub) == 10 and set(sub) <= set(rest)
+
+
+def test_a_stage_finished_with_other_settings_is_not_reused(nas_config, tmp_path):
+    c, _ = nas_config
+    wd = tmp_path / "3_search"
+    wd.mkdir()
+    with pytest.raises(ValueError, match="delete 3_search, 4_extract and 5_finetune"):
+        stages._check_done(c, "3_search", wd)  # no record: run by another method
+    stages._mark_done(c, "3_search", wd)
+    stages._check_done(c, "3_search", wd)  # the same settings: reused
+    key = json.loads((wd / "settings.json").read_text())
+    key["fitness"]["heldout_rows"] += 1
+    (wd / "settings.json").write_text(json.dumps(key))
+    with pytest.raises(ValueError, match="other settings"):
+        stages._check_done(c, "3_search", wd)

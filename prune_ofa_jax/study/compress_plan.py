@@ -5,9 +5,15 @@ From the demo's workdir (configs/demo.py; `python -m prune_ofa_jax.main --config
 configs/demo.py --workdir DEMO`): the prepared dense teacher (1_teacher/model) and the Prune
 OFA 80 % upstream model (2_prune/model); its SST-2 runs are the SST-2 models of the study.
 Per other task: `dense` (the teacher fine-tuned), `sparse` (Prune OFA, pattern locked),
-`<model>_int8` (8-bit QAT of <model>). The sweep, on one task, at each sparsity s:
-  before  Prune OFA upstream to s (the demo's stage 2 recipe), then the locked fine-tune;
-  after   task-specific GMP to s while fine-tuning the dense fine-tuned model (no upstream).
+`<model>_int8` (8-bit QAT of <model>). The sweep, on one task, at each sparsity s (F = the
+demo's fine-tune steps):
+  before    Prune OFA upstream to s (the demo's stage 2 recipe), then the locked fine-tune
+            (F task steps);
+  after     step-matched: one fine-tune of the dense teacher, F task steps, dense for the
+            first half, then task GMP to s (target at 0.8 F, frozen at 0.9 F);
+  after_2x  compute-matched (an extra row): the dense fine-tuned model (F steps), then F more
+            steps of task GMP to s (target at 0.6 F, frozen at 0.8 F): 2 F task steps against
+            before's F task steps plus its upstream steps.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import pathlib
 
 from prune_ofa_jax import recipes
 
-# seq_len per task (SST-2 keeps the demo's 48): MRPC pairs need more, tweets fit in 64.
-SEQ_LEN = {"sst2": 48, "mrpc": 128, "tweets": 64}
+# seq_len per task (SST-2 keeps the demo's 48); tweets fit in 64.
+SEQ_LEN = {"sst2": 48, "tweets": 64}
+ARMS = ("before", "after", "after_2x")
 DEMO_SST2 = {"dense": "3_finetune_dense", "sparse": "3_finetune_sparse",
              "sparse_int8": "4_qat"}
 
@@ -94,34 +101,49 @@ def _upstream_config(p, teacher: str, target: float):
     return recipes.small_run(prune, p, p.prune_steps)
 
 
+def _task_gmp(c, p, target: float, begin: int, steps: int):
+    """Task GMP on fine-tune config `c`: 0 at `begin`, `target` after 60 % of the remaining
+    steps, masks frozen after 80 %."""
+    c.sparsity.enabled = True
+    c.sparsity.target = target
+    c.sparsity.begin_step = begin
+    c.sparsity.end_step = max(begin + int((steps - begin) * 0.6), begin + 1)
+    c.sparsity.update_every = p.update_every
+    c.sparsity.freeze_step = max(begin + int((steps - begin) * 0.8), c.sparsity.end_step + 1)
+    return c
+
+
 def sweep_runs(p, demo: pathlib.Path, root: pathlib.Path, task: str, levels,
-               test: bool = False) -> dict:
-    """{("before"|"after", s): [(config or None, run dir), ...]}, the last run is evaluated."""
+               test: bool = False, arms=ARMS) -> dict:
+    """{(arm, s): [(config or None, run dir), ...]}, the last run is evaluated; arms of
+    ARMS (the module docstring)."""
     pt = _p(p, task, test)
     teacher = str(demo / "1_teacher" / "model")
     reuse = task == p.glue_task and _demo_done(demo, "dense")
     dense_ft = (None, demo / DEMO_SST2["dense"]) if reuse else (
         _finetune_config(pt, task, teacher, False, p.finetune_steps), root / f"{task}_dense")
     out = {}
+    f = p.finetune_steps
     for s in levels:
         tag = f"{int(round(100 * s))}"
         if s == 0:
-            out[("before", s)] = out[("after", s)] = [dense_ft]
+            out.update({(arm, s): [dense_ft] for arm in arms})
             continue
-        if task == p.glue_task and abs(s - p.target) < 1e-9 and _demo_done(demo, "sparse"):
+        demo_sparse = (task == p.glue_task and abs(s - p.target) < 1e-9
+                       and _demo_done(demo, "sparse"))
+        if "before" in arms and demo_sparse:
             out[("before", s)] = [(None, demo / "2_prune"), (None, demo / DEMO_SST2["sparse"])]
-        else:
+        elif "before" in arms:
             up = root / f"sweep_up_{tag}"
             out[("before", s)] = [
                 (_upstream_config(pt, teacher, s), up),
-                (_finetune_config(pt, task, str(up / "model"), True, p.finetune_steps),
+                (_finetune_config(pt, task, str(up / "model"), True, f),
                  root / f"sweep_{task}_before_{tag}")]
-        c = _finetune_config(pt, task, str(dense_ft[1] / "model"), False, p.finetune_steps)
-        c.sparsity.enabled = True
-        c.sparsity.target = s
-        c.sparsity.begin_step = 0
-        c.sparsity.end_step = int(p.finetune_steps * 0.6)
-        c.sparsity.update_every = p.update_every
-        c.sparsity.freeze_step = int(p.finetune_steps * 0.8)
-        out[("after", s)] = [dense_ft, (c, root / f"sweep_{task}_after_{tag}")]
+        if "after" in arms:
+            c = _task_gmp(_finetune_config(pt, task, teacher, False, f), p, s, f // 2, f)
+            out[("after", s)] = [(c, root / f"sweep_{task}_matched_{tag}")]
+        if "after_2x" in arms:
+            c = _task_gmp(_finetune_config(pt, task, str(dense_ft[1] / "model"), False, f), p,
+                          s, 0, f)
+            out[("after_2x", s)] = [dense_ft, (c, root / f"sweep_{task}_after_{tag}")]
     return out
