@@ -12,38 +12,16 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from prune_ofa_jax.sparsity.methods import base
+from prune_ofa_jax.sparsity.methods import base, scored
 
 
 @base.register("movement_hard")
 @dataclasses.dataclass(frozen=True)
-class MovementHard(base.Method):
-    """Config: sparsity.movement.{lr, init} (the block soft movement shares)."""
-    lr: float = 1e-2           # scores' Adam LR (x the run's LR schedule shape)
-    init: float = 0.0          # constant initial score
+class MovementHard(scored.MovementScores):
+    """Config: sparsity.movement.{lr, init} (scored.py; the block soft movement shares)."""
 
-    learns_scores = True
     structured_patterns = True
-    block = "movement"
-
-    @classmethod
-    def check(cls, config) -> None:
-        super().check(config)
-        base.check_score_learning(cls, config)
-
-    @property
-    def keeps_latent(self) -> bool:
-        return True
-
-    def init_scores(self, params, masks, rng):
-        del params, rng
-        return base.map_scored(lambda m: jnp.full(m.shape, self.init, jnp.float32), masks)
-
-    def score_tx(self, lr_shape):
-        return optax.adam(lambda step: self.lr * lr_shape(step))
 
     def masks(self, params, aux, masks, step):
         del params
@@ -53,7 +31,3 @@ class MovementHard(base.Method):
             lambda: base.topk_masks(scores, self.schedule(step), self.distribution,
                                     self.pattern),
             lambda: masks)
-
-    def forward_params(self, params, aux, masks):
-        values = base.map_scored(lambda s, m: base.ste(m, s), base.scores_of(aux), masks)
-        return base.masked_by_values(params, values)

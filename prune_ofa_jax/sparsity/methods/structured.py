@@ -26,10 +26,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from prune_ofa_jax.sparsity import groups
-from prune_ofa_jax.sparsity.methods import base
+from prune_ofa_jax.sparsity.methods import base, scored
 
 # The default structured level: the bench's compact structured rows and the structured
 # study's middle level remove this fraction of the encoder's Linear weights.
@@ -75,37 +74,15 @@ class StructuredMagnitude(_Structured):
                             lambda: self._select(masks, squares, step), lambda: masks)
 
 
-class _Movement(_Structured):
-    learns_scores = True
-    block = "movement"
-
-    @classmethod
-    def check(cls, config) -> None:
-        super().check(config)
-        base.check_score_learning(cls, config)
-
-    @property
-    def keeps_latent(self) -> bool:
-        return True
-
-    def init_scores(self, params, masks, rng):
-        del params, rng
-        return base.map_scored(lambda m: jnp.full(m.shape, self.init, jnp.float32), masks)
-
-    def score_tx(self, lr_shape):
-        return optax.adam(lambda step: self.lr * lr_shape(step))
-
-    def forward_params(self, params, aux, masks):
-        values = base.map_scored(lambda s, m: base.ste(m, s), base.scores_of(aux), masks)
-        return base.masked_by_values(params, values)
+@dataclasses.dataclass(frozen=True)
+class _Movement(scored.MovementScores, _Structured):
+    """Movement's learned scores (scored.py), averaged over each head's or neuron's weights."""
 
 
 @base.register("structured_movement")
 @dataclasses.dataclass(frozen=True)
 class StructuredMovement(_Movement):
     """Config: sparsity.movement.{lr, init} (shared with movement_hard)."""
-    lr: float = 1e-2
-    init: float = 0.0
 
     def masks(self, params, aux, masks, step):
         del params
@@ -118,8 +95,6 @@ class StructuredMovement(_Movement):
 @dataclasses.dataclass(frozen=True)
 class StructuredMovementSoft(_Movement):
     """Config: sparsity.movement.{lr, init, threshold, l1} (shared with movement_soft)."""
-    lr: float = 1e-2
-    init: float = 0.0
     threshold: float = 0.1
     l1: float = 400.0
 
