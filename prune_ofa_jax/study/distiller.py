@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 
-from prune_ofa_jax import jsonio, logs
+from prune_ofa_jax import logs
 from prune_ofa_jax.kdsearch import autodistiller, candidates, random_search, runs
 from prune_ofa_jax.study import cost, distiller_report, harness
 
@@ -108,11 +108,7 @@ def run(p, workdir) -> dict:
     summary["wall_time_s"] = round(time.time() - t0, 1)
     # every run of the study: masked LM, teachers, fixed, searched and picked rows
     summary.update(cost.cost_of_runs_under(root))
-    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(distiller_report.markdown(summary))
-    distiller_report.plot(summary, root / "distiller.png")
-    print(distiller_report.markdown(summary), flush=True)
-    return summary
+    return harness.save(root, summary, distiller_report, "distiller.png")
 
 
 def _ship_meta_table(workdir) -> None:

@@ -26,7 +26,7 @@ from typing import Callable
 
 import jax
 
-from prune_ofa_jax import cli, errors, logs
+from prune_ofa_jax import cli, errors, jsonio, logs
 from prune_ofa_jax.train import loop
 
 MODULE = "prune_ofa_jax.study"
@@ -71,6 +71,17 @@ def run_all(runs: dict, say: Callable, headline: Callable, drop_checkpoints: boo
         say(f"{i}/{len(runs)} {name} done in {reports[name]['wall_time_s']:.0f} s: "
             f"{headline(reports[name])}")
     return reports
+
+
+def save(root: pathlib.Path, summary: dict, report, plot_name: str) -> dict:
+    """A study's result in its workdir: summary.json, table.md (`report.markdown`) and the
+    plot (`report.plot`, as `plot_name`); the table printed. Returns the summary."""
+    table = report.markdown(summary)
+    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
+    (root / "table.md").write_text(table)
+    report.plot(summary, root / plot_name)
+    print(table, flush=True)
+    return summary
 
 
 def markers(name: str) -> tuple[str, str]:

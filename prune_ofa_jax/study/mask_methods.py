@@ -40,7 +40,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from prune_ofa_jax import errors, jsonio, logs, paths, presets, recipes
+from prune_ofa_jax import errors, logs, paths, presets, recipes
 from prune_ofa_jax.convert import loader, params_ckpt
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.study import cost, harness, mask_methods_report
@@ -102,6 +102,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
     p.jaccard_margin = 0.05       # AdaPrune's cross-seed Jaccard >= random's + this, every pair
     if size == "test":
         p.seeds = (0,)
+        p.devices = 1  # one device (recipes.small_run): sharding is the other tests' job
         # The fewest runs that cover the wiring: a fixed row (phase 2 only) and a learned
         # row whose weights train (phase 1, then a fresh head on the pre-trained weights).
         p.rows = ("random", "movement")
@@ -234,11 +235,7 @@ def run(p, workdir) -> dict:
     summary = mask_methods_report.summarise(p, root, reports, dev_labels(p))
     summary["wall_time_s"] = round(time.time() - t0, 1)
     summary.update(cost.cost(reports.values()))
-    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(mask_methods_report.markdown(summary))
-    mask_methods_report.plot(summary, root / "masks.png")
-    print(mask_methods_report.markdown(summary), flush=True)
-    return summary
+    return harness.save(root, summary, mask_methods_report, "masks.png")
 
 
 STUDY = harness.Study(name="masks", marker="masks", plot="masks.png", run=run,

@@ -32,7 +32,7 @@ import time
 import ml_collections
 import numpy as np
 
-from prune_ofa_jax import jsonio, logs, paths, presets, prune_once, recipes
+from prune_ofa_jax import logs, paths, presets, prune_once, recipes
 from prune_ofa_jax.data import classification, common, disaster_tweets, glue
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.study import harness, obs_report
@@ -81,6 +81,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
         p.gradual.update(steps=4, batch_size=16, initial=0.5, begin_step=2, end_step=3,
                          update_every=1)
         p.seeds, p.targets, p.rule_target = (0,), (0.9,), 0.9
+        p.devices = 1  # one device (recipes.small_run): sharding has tests of its own
     elif size:
         raise ValueError(f"--config.size: {size!r} is not '' or 'test'")
     return p
@@ -148,7 +149,7 @@ def _base(p, data_dir, task: str, steps: int, batch_size: int, seed: int, lr: fl
     q = ml_collections.ConfigDict(dict(
         preset=presets.FAST, seed=seed, data_root=str(data_dir), seq_len=p.tasks[task].seq_len,
         tokenizer=p.tokenizer, batch_size=batch_size, eval_batch_size=p.eval_batch_size,
-        progress=p.progress))
+        progress=p.progress, devices=p.get("devices", 0)))
     recipes.small_run(c, q, steps)
     c.optim.lr = lr
     c.checkpoint.every = steps  # one save, at the end (dropped once the run is done)
@@ -230,11 +231,7 @@ def run(p, workdir) -> dict:
     labels = {task: dev_labels(data[task]) for task in p.tasks}
     summary = obs_report.summarise(p, reports, oneshot, labels)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(obs_report.markdown(summary))
-    obs_report.plot(summary, root / "obs.png")
-    print(obs_report.markdown(summary), flush=True)
-    return summary
+    return harness.save(root, summary, obs_report, "obs.png")
 
 
 STUDY = harness.Study(name="obs", marker="obs", plot="obs.png", run=run,

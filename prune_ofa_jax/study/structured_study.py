@@ -31,7 +31,7 @@ import time
 
 import ml_collections
 
-from prune_ofa_jax import jsonio, logs, paths, presets, recipes
+from prune_ofa_jax import logs, paths, presets, recipes
 from prune_ofa_jax.sparsity import masks as masks_lib
 from prune_ofa_jax.study import harness, structured_models, structured_report
 from prune_ofa_jax.train import inputs
@@ -84,6 +84,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
         p.teacher.update(steps=2, batch_size=16)
         p.budget.update(steps=4, batch_size=16, end_step=2, update_every=1)
         p.seeds, p.other_seeds = (0,), (0,)
+        p.devices = 1  # one device (recipes.small_run): sharding has tests of its own
         p.unstructured.update(levels=(), int8=())
         p.structured.update(levels=(0.5,), int8=())
         p.layer_drop, p.autotinybert = (), ()
@@ -106,7 +107,7 @@ def _base(p, task: str, steps: int, batch_size: int, seed: int, lr: float):
     q = ml_collections.ConfigDict(dict(
         preset=presets.FAST, seed=seed, data_root=p.data_root, seq_len=p.tasks[task].seq_len,
         tokenizer=p.tokenizer, batch_size=batch_size, eval_batch_size=p.eval_batch_size,
-        progress=p.progress))
+        progress=p.progress, devices=p.get("devices", 0)))
     recipes.small_run(c, q, steps)
     c.data.split_seed = p.split_seed
     c.data.train_subset = p.tasks[task].train_rows
@@ -184,11 +185,7 @@ def run(p, workdir) -> dict:
     labels = {task: _dev_labels(runs, task) for task in p.tasks}
     summary = structured_report.summarise(p, reports, runs, latency, labels)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    (root / "summary.json").write_text(jsonio.dumps(summary, indent=2))
-    (root / "table.md").write_text(structured_report.markdown(summary))
-    structured_report.plot(summary, root / "structured.png")
-    print(structured_report.markdown(summary), flush=True)
-    return summary
+    return harness.save(root, summary, structured_report, "structured.png")
 
 
 def _headline(report: dict) -> str:
