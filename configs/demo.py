@@ -49,5 +49,6 @@ def get_config(arg: str = ""):
         p.teacher_steps = p.prune_steps = p.finetune_steps = p.qat_steps = 4
         p.update_every = 1
         p.train_subset = 256
+        p.devices = 1            # one device: the stages' sharding is the other tests' job
     c.pipeline = p
     return c

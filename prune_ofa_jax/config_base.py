@@ -169,6 +169,8 @@ def base() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.devices = 0                # 0: every device; N: the first N (one process), e.g.
+    #                                 1 for a small run that sharding would only slow
     c.mesh.rules = mesh_lib.DEFAULT_RULES
 
     c.checkpoint = ml_collections.ConfigDict()

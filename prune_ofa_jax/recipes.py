@@ -110,7 +110,8 @@ def qat(kind: str, glue_task: str = "sst2", arg: str = ""):
 
 def small_run(c, p, steps: int):
     """The settings every small-scale stage shares (the demo's and the studies'): p's
-    preset, seed, data, tokenizer, sequence length and batch; 10 % warmup; two checkpoints."""
+    preset, seed, data, tokenizer, sequence length and batch; 10 % warmup; two checkpoints;
+    p.devices (optional, default 0 = all) of the devices."""
     c.preset = p.preset  # "": config_base's defaults, not the paper's (see configs/demo.py)
     c.seed = p.seed
     c.data.root = p.data_root
@@ -128,4 +129,5 @@ def small_run(c, p, steps: int):
     c.checkpoint.every = max(1, steps // 2)
     c.checkpoint.keep = 1
     c.mesh.data = -1
+    c.mesh.devices = p.get("devices", 0)
     return c

@@ -38,7 +38,8 @@ from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.train import loop
 
 WORKER = train_helpers.REPO / "tests" / "multihost_worker.py"
-CLI = ["--config", "configs/finetune_glue.py:sst2,test", "--config.mesh.data=8"]
+CLI = ["--config", "configs/finetune_glue.py:sst2,test", "--config.mesh.data=8",
+       "--config.train.steps=2", "--config.checkpoint.every=1000"]
 SHORT = {"train.steps": 2, "train.log_every": 1, "checkpoint.every": 1000}
 FINETUNES = {"squad": ("finetune_squad", "test"), "qat_stsb": ("qat", "stsb,test"),
              "tweets": ("finetune_tweets", "test")}
@@ -162,7 +163,8 @@ def test_recipes_two_processes_match_one_and_resume_after_sigterm(tiny_ckpts, pr
 
     # the single-process runs: the CLI's config, the fine-tunes, upstream uninterrupted
     singles = {"glue_cli": train_helpers.recipe("finetune_glue", "sst2,test", resolve=False)}
-    singles["glue_cli"].mesh.data = 8
+    singles["glue_cli"].update_from_flattened_dict(
+        {"mesh.data": 8, "train.steps": 2, "checkpoint.every": 1000})
     for k, (r, a) in FINETUNES.items():
         singles[k] = train_helpers.recipe(r, a, resolve=False)
         singles[k].update_from_flattened_dict(over[k])

@@ -7,11 +7,13 @@ and the config checks that need the devices or the model, before anything compil
 import json
 import logging
 
+import jax
 import pytest
 import train_helpers
 
 from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax import cli, errors, main, presets
+from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import loop, resume, validate
 
 
@@ -121,6 +123,8 @@ def test_an_explicit_train_steps_beside_the_recipes_epochs_wins(tmp_path, monkey
     ({"model.overrides": {"num_layers": 4}}, 1, r"config.model.overrides.num_layers: 4 "
      r"conflicts with the checkpoint at config.init.path \(num_layers=2\)"),
     ({"checkpoint.keep": 0}, 1, "config.checkpoint.keep: must be >= 1"),
+    ({"mesh.devices": 9}, 8, r"config.mesh.devices: 9: want 0 \(every device\) or 1..8 in a "
+     "single-process run"),
     ({"init.path": "/nonexistent/model"}, 1, "config.init.path: /nonexistent/model does not "
      "exist"),
 ])
@@ -130,3 +134,16 @@ def test_config_errors_found_before_compiling(tiny_ckpts, over, devices, match):
     with pytest.raises(errors.ConfigError, match=match):
         validate.validate(c, device_count=devices)
         validate.check_models(c)
+
+
+def test_mesh_devices_runs_on_the_first_n_devices_of_one_process(tiny_ckpts):
+    """mesh.devices=N: the batch checks count N devices (12 rows do not split over 8), the
+    mesh spans the first N, and a multi-process run must use every device."""
+    c = train_helpers.recipe("teacher_prep", "test", init=tiny_ckpts["bert"])
+    c.update_from_flattened_dict({"train.eval_batch_size": 12, "mesh.devices": 2})
+    validate.validate(c, device_count=8)
+    mesh = mesh_lib.from_config(c.mesh)
+    assert mesh.devices.size == 2 and list(mesh.devices.flat) == jax.devices()[:2]
+    with pytest.raises(errors.ConfigError, match=r"config.mesh.devices: 2: .*\(2 processes: "
+                       "every device\)"):
+        validate.validate(c, device_count=8, process_count=2)

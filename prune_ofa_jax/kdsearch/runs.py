@@ -66,6 +66,7 @@ def settings(size: str = "") -> ml_collections.ConfigDict:
     })
     if size == "test":  # for a tiny 2-layer base model (the tests'); MiniLM works too
         p.seeds = (0,)
+        p.devices = 1              # one device (recipes.small_run): sharding is tested elsewhere
         p.student_layers = (1,)
         p.eval_batch_size = 32
         p.batch_size = 8

@@ -221,7 +221,7 @@ def build(config, mesh=None) -> SupernetRun:
     teacher's shape; config.init.path "" = random init, else those weights (the teacher's)."""
     if not presets.is_resolved(config):
         config = presets.resolve(config)
-    mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = mesh or mesh_lib.from_config(config.mesh)
     rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                   for k, v in config.mesh.rules)
     if not config.teacher.path:

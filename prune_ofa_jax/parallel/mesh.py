@@ -88,6 +88,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=auto)
 
 
+def from_config(mesh_config) -> jax.sharding.Mesh:
+    """The run's mesh (config.mesh): its axes over every device, or over the first
+    `mesh.devices` of them (one process; validate checks it)."""
+    n = mesh_config.get("devices", 0)
+    return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor,
+                     devices=jax.devices()[:n] if n else None)
+
+
 def _axis_size(mesh, axes) -> int:
     if axes is None:
         return 1

@@ -183,7 +183,7 @@ def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
         config = presets.resolve(config)
     if method is not None and not isinstance(method, methods.Method):
         raise TypeError(f"method: {method!r} is not a sparsity.methods.Method")
-    mesh = mesh or mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = mesh or mesh_lib.from_config(config.mesh)
     rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
                   for k, v in config.mesh.rules)
     loaded, loaded_cfg, fresh = None, None, []

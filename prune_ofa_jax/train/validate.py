@@ -116,8 +116,13 @@ def validate(c, device_count: int | None = None, process_count: int | None = Non
            f"want config keys (strings), got {c.resume.allow_changes!r}")
     _check(c.train.eval_batch_size > 0, "train.eval_batch_size",
            f"must be > 0, got {c.train.eval_batch_size}")
-    check_devices(c, jax.device_count() if device_count is None else device_count,
-                  jax.process_count() if process_count is None else process_count)
+    device_count = jax.device_count() if device_count is None else device_count
+    process_count = jax.process_count() if process_count is None else process_count
+    n = c.mesh.devices
+    _check(n == 0 or (1 <= n <= device_count and process_count == 1), "mesh.devices",
+           f"{n}: want 0 (every device) or 1..{device_count} in a single-process run"
+           + (f" ({process_count} processes: every device)" if process_count > 1 else ""))
+    check_devices(c, n or device_count, process_count)
 
 
 def mesh_shape(c, device_count: int) -> dict:
