@@ -18,24 +18,9 @@ from prune_ofa_jax.sparsity.methods import base, scored
 
 @base.register("movement_soft")
 @dataclasses.dataclass(frozen=True)
-class MovementSoft(scored.MovementScores):
-    """Config: sparsity.movement.{lr, init (scored.py), threshold, l1} (the block hard
+class MovementSoft(scored.SoftMovementScores):
+    """Config: sparsity.movement.{lr, init, threshold, l1} (scored.py; the block hard
     movement shares)."""
-    threshold: float = 0.1     # final tau on sigmoid(S) (their scripts: 0.1)
-    l1: float = 400.0          # final lambda on mean sigmoid(S) (their scripts: 400 for ~90 %)
-
-    @classmethod
-    def check(cls, config) -> None:
-        super().check(config)
-        base.require(0.0 < config.sparsity.movement.threshold < 1.0,
-                     "sparsity.movement.threshold",
-                     "a threshold on sigmoid(score) must be in (0, 1)")
-
-    def ramp(self, step) -> jax.Array:
-        """0 -> 1 along the cubic schedule (1 throughout for a zero target)."""
-        if self.schedule.target <= 0:
-            return jnp.ones((), jnp.float32)
-        return self.schedule(step) / jnp.float32(self.schedule.target)
 
     def masks(self, params, aux, masks, step):
         del params, masks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -43,3 +44,25 @@ class MovementScores(base.Method):
     def forward_params(self, params, aux, masks):
         values = base.map_scored(lambda s, m: base.ste(m, s), base.scores_of(aux), masks)
         return base.masked_by_values(params, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftMovementScores(MovementScores):
+    """Soft movement's schedule (Sanh et al.): masks are sigmoid(S) > tau(t) and an L1
+    penalty lambda(t) pushes the scores down; tau ramps 0 -> `threshold` and lambda
+    0 -> `l1` along the cubic schedule's shape, so the run starts dense."""
+    threshold: float = 0.1     # final tau on sigmoid(S) (their scripts: 0.1)
+    l1: float = 400.0          # final lambda on mean sigmoid(S) (their scripts: 400 for ~90 %)
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        base.require(0.0 < config.sparsity.movement.threshold < 1.0,
+                     "sparsity.movement.threshold",
+                     "a threshold on sigmoid(score) must be in (0, 1)")
+
+    def ramp(self, step) -> jax.Array:
+        """0 -> 1 along the cubic schedule (1 throughout for a zero target)."""
+        if self.schedule.target <= 0:
+            return jnp.ones((), jnp.float32)
+        return self.schedule(step) / jnp.float32(self.schedule.target)

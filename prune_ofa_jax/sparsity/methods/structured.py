@@ -93,22 +93,9 @@ class StructuredMovement(_Movement):
 
 @base.register("structured_movement_soft")
 @dataclasses.dataclass(frozen=True)
-class StructuredMovementSoft(_Movement):
-    """Config: sparsity.movement.{lr, init, threshold, l1} (shared with movement_soft)."""
-    threshold: float = 0.1
-    l1: float = 400.0
-
-    @classmethod
-    def check(cls, config) -> None:
-        super().check(config)
-        base.require(0.0 < config.sparsity.movement.threshold < 1.0,
-                     "sparsity.movement.threshold",
-                     "a threshold on sigmoid(score) must be in (0, 1)")
-
-    def ramp(self, step) -> jax.Array:
-        if self.schedule.target <= 0:
-            return jnp.ones((), jnp.float32)
-        return self.schedule(step) / jnp.float32(self.schedule.target)
+class StructuredMovementSoft(scored.SoftMovementScores, _Movement):
+    """Config: sparsity.movement.{lr, init, threshold, l1} (scored.py; shared with
+    movement_soft)."""
 
     def _group_sigmoid(self, lay, aux):
         means = groups.group_means(lay, base.scores_of(aux))
