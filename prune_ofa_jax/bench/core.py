@@ -11,7 +11,6 @@ import time
 
 import jax
 
-from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import accel, flops, machine, timing, torch_hf, variants
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.train import synthetic
@@ -208,13 +207,8 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
 
 
 def _write(result: dict, out_dir: str, log) -> dict:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(
-        jsonio.dumps(result, indent=2, default=str) + "\n")  # jsonio: NaN/inf -> null
-    log(table(result))
-    log(f"wrote {out / 'bench.json'} ({result['wall_s']['total']:.0f} s)")
-    return result
+    return machine.write(out_dir, "bench.json", result, table(result),
+                         result["wall_s"]["total"], log)
 
 
 def busy_warnings(info: dict) -> list[str]:

@@ -27,7 +27,6 @@ import time
 import jax
 import numpy as np
 
-from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import machine, settings, structured_rows
 from prune_ofa_jax.convert import hf, loader, pack_ckpt, qat_ranges
 from prune_ofa_jax.models import bert
@@ -135,12 +134,8 @@ def run(bc, out_dir: str, log=print) -> dict:
                 "figures": structured_rows.figures(meas["batches"])}
     info["load_avg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t0
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
-    log(table(result))
-    log(f"wrote {out / 'inference.json'} ({result['wall_s']:.0f} s)")
-    return result
+    return machine.write(out_dir, "inference.json", result, table(result), result["wall_s"],
+                         log)
 
 
 def table(result: dict) -> str:

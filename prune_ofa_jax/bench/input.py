@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import core, machine
 from prune_ofa_jax.data import prepare, pretraining, records, stream, text, tokenization
 from prune_ofa_jax.parallel import mesh as mesh_lib
@@ -258,9 +257,5 @@ def run(bc, out_dir: str, log=print) -> dict:
     result = {"machine": info, "config": bc.to_dict(), "warnings": core.busy_warnings(info),
               "figures": {k: figs[k] for k in FIGURES}, "steps": {},
               "wall_s": {"total": time.perf_counter() - t_start}}
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
-    log(table(result["figures"]) + "".join("\nWARNING: " + w for w in result["warnings"]))
-    log(f"wrote {out / 'bench.json'} ({result['wall_s']['total']:.0f} s)")
-    return result
+    return machine.write(out_dir, "bench.json", result, table(result["figures"]) + "".join(
+        "\nWARNING: " + w for w in result["warnings"]), result["wall_s"]["total"], log)

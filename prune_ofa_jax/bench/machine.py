@@ -1,14 +1,18 @@
-"""What ran the bench: CPU, cores, load, accelerator and package versions."""
+"""What ran the bench: CPU, cores, load, accelerator and package versions; and where its
+result goes (`write`)."""
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
 import os
+import pathlib
 import platform
 import subprocess
 
 import jax
+
+from prune_ofa_jax import jsonio
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
@@ -51,3 +55,14 @@ def info() -> dict:
             "device_count": jax.device_count(), "load_avg_start": list(os.getloadavg()),
             "versions": versions(), "git_commit": git_commit(),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write(out_dir, name: str, result: dict, text: str, wall_s: float, log) -> dict:
+    """OUT_DIR/name as strict JSON (jsonio: NaN/inf -> null), `text` and the file's path
+    logged; returns the result."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
+    log(text)
+    log(f"wrote {out / name} ({wall_s:.0f} s)")
+    return result

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import statistics
 import time
 
@@ -26,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prune_ofa_jax import jsonio
 from prune_ofa_jax.bench import machine, timing, variants
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import obs
@@ -125,12 +123,8 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
               "steps": {k: {**timing.summary(v), "cpu_median_s": statistics.median(cpu[k])}
                         for k, v in times.items()},
               "wall_s": {"total": time.perf_counter() - t_start}}
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(jsonio.dumps(result, indent=2, default=str) + "\n")
-    log(table(result))
-    log(f"wrote {out / 'bench.json'} ({result['wall_s']['total']:.0f} s)")
-    return result
+    return machine.write(out_dir, "bench.json", result, table(result), result["wall_s"]["total"],
+                         log)
 
 
 def table(result: dict) -> str:
