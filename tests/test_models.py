@@ -135,6 +135,23 @@ def test_logical_specs_match_params():
         nn.logical_to_mesh_axes(tuple(spec), rules)
 
 
+def test_init_some_computes_only_the_wanted_leaves_with_init_values():
+    model = bert.BertFamily(tiny(), "cls")
+    full = flat_paths(nn.meta.unbox(bert.init_variables(model, jax.random.key(3))))
+    wanted = {"params/classifier/kernel", "params/backbone/encoder/layer_1/ffn/output/bias"}
+    assert wanted <= full.keys()
+    some = flat_paths(bert.init_some(model, jax.random.key(3), wanted.__contains__))
+    assert some.keys() == full.keys()
+    for path, x in some.items():
+        if path in wanted:  # the same values as the whole init's
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(full[path]), err_msg=path)
+        else:
+            assert isinstance(x, jax.ShapeDtypeStruct), path
+            assert (x.shape, x.dtype) == (full[path].shape, full[path].dtype), path
+    none = bert.init_some(model, jax.random.key(3), lambda path: False)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(none))
+
+
 # --- forward ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("family,task", [("bert", "pretraining"), ("roberta", "mlm")])
 def test_masked_positions_equal_gathered_full_logits(family, task):

@@ -204,7 +204,9 @@ def _fill_missing_heads(flat, missing, model, task, init_missing_heads, rng_seed
         raise ConversionError(
             f"task head absent from source: task {task!r} needs {names}, not in {hf_dir}; "
             "pass --init_missing_heads (init_missing_heads=True) to initialise them freshly")
-    fresh = flatten(bert.init_params(model, jax.random.key(rng_seed)))
+    wanted = {"params/" + p for p in missing}
+    fresh = flatten(bert.init_some(model, jax.random.key(rng_seed), wanted.__contains__)
+                    ["params"])
     for path in missing:
         flat[path] = np.asarray(fresh[path])
     log.warning("initialised missing heads freshly (seed %d): %s", rng_seed, names)

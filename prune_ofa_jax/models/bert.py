@@ -136,13 +136,44 @@ def _dummy_inputs(seq_len: int):
     return jnp.zeros((1, seq_len), jnp.int32)
 
 
-def init_variables(model: BertFamily, rng: jax.Array, seq_len: int = 8) -> dict:
-    """All variable collections (boxed with logical axes), e.g. for QAT's quant_stats.
-    Compiled: an eager init of BERT-size models is ~4x slower."""
+def _init_fn(model: BertFamily, seq_len: int) -> Callable:
     def init(key):
         rng_params, rng_dropout = jax.random.split(key)
         return model.init({"params": rng_params, "dropout": rng_dropout}, _dummy_inputs(seq_len))
-    return jax.jit(init)(rng)
+    return init
+
+
+def init_variables(model: BertFamily, rng: jax.Array, seq_len: int = 8) -> dict:
+    """All variable collections (boxed with logical axes), e.g. for QAT's quant_stats.
+    Compiled: an eager init of BERT-size models is ~4x slower."""
+    return jax.jit(_init_fn(model, seq_len))(rng)
+
+
+def path_str(path) -> str:
+    """"a/b/c" of a jax.tree_util key path through nested dicts."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def init_some(model: BertFamily, rng: jax.Array, wanted: Callable[[str], bool],
+              seq_len: int = 8) -> dict:
+    """init_variables, unboxed, with only the leaves whose slash path (path_str, e.g.
+    "params/cls_head/dense/kernel") `wanted` accepts computed; the others are
+    jax.ShapeDtypeStruct, to graft a loaded checkpoint onto. The
+    computed leaves equal init_variables' (the same program: XLA drops the unwanted leaves'
+    initialisers), and the compile is of that smaller program, or none when nothing is wanted.
+    """
+    init = _init_fn(model, seq_len)
+    abstract = nn.meta.unbox(jax.eval_shape(init, rng))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    picked = [i for i, (path, _) in enumerate(flat) if wanted(path_str(path))]
+    leaves = [x for _, x in flat]
+    if picked:
+        def init_picked(key):
+            every = jax.tree.leaves(nn.meta.unbox(init(key)))
+            return [every[i] for i in picked]
+        for i, x in zip(picked, jax.jit(init_picked)(rng)):
+            leaves[i] = x
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def init_params(model: BertFamily, rng: jax.Array, seq_len: int = 8) -> Any:

@@ -195,8 +195,8 @@ def load_teacher(path: str):
     """(params, ModelConfig) of the dense teacher as a BertFamily "base" tree (no heads)."""
     loaded, tcfg, _ = loader.load(path, "base", 2)
     model = bert.BertFamily(tcfg, "base")
-    fresh = bert.init_params(model, jax.random.key(0))
-    params, missing = build_lib.graft(fresh, loaded, f"teacher {path}")
+    shapes = bert.init_some(model, jax.random.key(0), lambda path: False)["params"]
+    params, missing = build_lib.graft(shapes, loaded, f"teacher {path}")
     if missing:
         raise ValueError(f"config.teacher.path={path} lacks {missing}")
     return params, tcfg

@@ -1,7 +1,7 @@
 """Checksums of device arrays, the same for any sharding, mesh or process count.
 
-`fingerprints(tree)`: {leaf path: 8 hex digits} of every array, from one jitted pass over
-the tree on the devices: each 32-bit word of an array (1- and 2-byte types widened, 8-byte
+`fingerprints(tree)`: {leaf path: 8 hex digits} of every array, each from a jitted pass
+over it on the devices: each 32-bit word of an array (1- and 2-byte types widened, 8-byte
 ones split) is mixed with its row-major position by murmur3's finaliser and the results are
 summed mod 2^32. An integer sum does not depend on the order of the reduction, so the value
 does not depend on how the array is sharded, and every process of a multi-host run gets the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prune_ofa_jax.parallel import mesh as mesh_lib
 
@@ -52,15 +53,22 @@ def _checksum(x):
     return jnp.sum(_fmix32(w ^ (index * _U(0x9E3779B9))), dtype=_U)
 
 
-@jax.jit
-def _checksums(leaves: list):
-    return jnp.stack([_checksum(x) for x in leaves])
+# One program per leaf shape, dtype and sharding (not one per tree): the leaves of a model
+# repeat a few shapes, and params, optimizer moments and masks share them, so every tree a
+# process checksums (each stage's, each save's) reuses the programs compiled for the first.
+_checksum_jit = jax.jit(_checksum)
+
+
+def _to_int(s) -> int:
+    """A checksum's value; a scalar computed from global arrays is replicated, so every
+    process reads its own copy."""
+    if s.is_fully_replicated:
+        return int(np.asarray(s.addressable_data(0)))
+    return int(mesh_lib.to_host(s))
 
 
 def fingerprints(tree) -> dict:
     """{leaf path: 8 hex digits} of every array in `tree` (see the module docstring)."""
     flat = jax.tree_util.tree_leaves_with_path(tree)
-    if not flat:
-        return {}
-    sums = mesh_lib.to_host(_checksums([x for _, x in flat]))
-    return {jax.tree_util.keystr(k): f"{int(s):08x}" for (k, _), s in zip(flat, sums)}
+    sums = [_checksum_jit(x) for _, x in flat]  # dispatched together, then read
+    return {jax.tree_util.keystr(k): f"{_to_int(s):08x}" for (k, _), s in zip(flat, sums)}

@@ -194,7 +194,13 @@ def build(config, mesh=None, *, method=None, loss_terms=()) -> Run:
     injector, emb_q = _quant_hooks(config)
     model = bert.BertFamily(mcfg, config.task, dense_injector=injector, embedding_quant=emb_q)
 
-    variables = nn.meta.unbox(bert.init_variables(model, jax.random.key(config.seed)))
+    if loaded is None:
+        variables = nn.meta.unbox(bert.init_variables(model, jax.random.key(config.seed)))
+    else:  # only what the checkpoint lacks is initialised (a new head, QAT's statistics)
+        have = {"params/" + bert.path_str(k) for k, _ in
+                jax.tree_util.tree_leaves_with_path(loaded)}
+        variables = bert.init_some(model, jax.random.key(config.seed),
+                                   lambda path: path not in have)
     params, quant_stats = variables["params"], variables.get("quant_stats", {})
     if loaded is not None:
         params, fresh = graft(params, loaded, f"config.init.path={config.init.path}")
@@ -265,8 +271,8 @@ def _teacher(config, student_cfg, mesh, rules):
     loaded, tcfg, _ = loader.load(config.teacher.path, config.task, config.num_labels)
     tcfg = dataclasses.replace(tcfg, num_labels=config.num_labels, dtype=student_cfg.dtype)
     teacher = bert.BertFamily(tcfg, config.task)
-    fresh = bert.init_params(teacher, jax.random.key(0))
-    params, missing = graft(fresh, loaded, f"config.teacher.path={config.teacher.path}")
+    shapes = bert.init_some(teacher, jax.random.key(0), lambda path: False)["params"]
+    params, missing = graft(shapes, loaded, f"config.teacher.path={config.teacher.path}")
     if missing:
         raise ValueError(f"teacher {config.teacher.path} lacks {missing} for task "
                          f"{config.task!r}; a teacher must have the task's heads")
