@@ -157,11 +157,10 @@ def path_str(path) -> str:
 def init_some(model: BertFamily, rng: jax.Array, wanted: Callable[[str], bool],
               seq_len: int = 8) -> dict:
     """init_variables, unboxed, with only the leaves whose slash path (path_str, e.g.
-    "params/cls_head/dense/kernel") `wanted` accepts computed; the others are
-    jax.ShapeDtypeStruct, to graft a loaded checkpoint onto. The
-    computed leaves equal init_variables' (the same program: XLA drops the unwanted leaves'
-    initialisers), and the compile is of that smaller program, or none when nothing is wanted.
-    """
+    "params/classifier/kernel") `wanted` accepts computed; the others are
+    jax.ShapeDtypeStruct, to graft a loaded checkpoint onto. The computed leaves equal
+    init_variables' (the same program: XLA drops the unwanted leaves' initialisers), and the
+    compile is of that smaller program, or none when nothing is wanted."""
     init = _init_fn(model, seq_len)
     abstract = nn.meta.unbox(jax.eval_shape(init, rng))
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
