@@ -331,20 +331,6 @@ def _learned_config(init_dir, method: str, **over):
     return c
 
 
-def _interrupting(real, step_at: int):
-    def make(cfg):
-        src = real(cfg)
-        batch = src.train.batch
-
-        def interrupted(step):
-            if step == step_at:
-                raise KeyboardInterrupt("simulated kill")
-            return batch(step)
-        src.train.batch = interrupted
-        return src
-    return make
-
-
 def _hf_zeros(hf_model) -> int:
     """Exact zeros in the exported encoder and pooler matrices (LayerNorm scales excluded)."""
     return sum(int((v == 0).sum()) for k, v in hf_model.state_dict().items()
@@ -363,26 +349,14 @@ def test_adaprune_run_frozen_resume_and_layer_mix_export(tiny_ckpts, tmp_path, m
     from prune_ofa_jax.convert import hf as hf_convert
     from prune_ofa_jax.convert import layer_mix, params_ckpt
     from prune_ofa_jax.models import bert
-    from prune_ofa_jax.train import inputs, loop
     init = tiny_ckpts["bert"]
     c = _learned_config(init, "adaprune", **{"model.cls_head": "layer_mix_mean"})
-    report = loop.run(c, tmp_path / "straight")
+    report = train_helpers.run_straight_and_killed(c, tmp_path, monkeypatch, kill_at=6)
     assert report["sparsity"]["global"] == 0.5  # the stop's exact count, within 8 steps
-    real = inputs.make_sources
-    monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 6))
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(c, tmp_path / "resumed")
-    monkeypatch.setattr(inputs, "make_sources", real)
-    loop.run(c, tmp_path / "resumed")
     a, mcfg, _ = params_ckpt.load_params(tmp_path / "straight" / "model")
     b, _, _ = params_ckpt.load_params(tmp_path / "resumed" / "model")
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    import orbax.checkpoint as ocp
-
-    from prune_ofa_jax import checkpoint as ckpt_lib
-    states = [ckpt_lib.make_manager(tmp_path / d / "checkpoints").restore(
-        8, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        for d in ("straight", "resumed")]
+    states = train_helpers.saved_states(tmp_path, 8)
     jax.tree.map(np.testing.assert_array_equal, states[0]["aux"], states[1]["aux"])
     # frozen: every kept backbone weight is the loaded one, bit for bit; pruned ones are 0
     w0, _, _ = params_ckpt.load_params(init)
@@ -413,24 +387,13 @@ def test_movement_resumes_exactly_and_exports_zeros(tiny_ckpts, tmp_path, monkey
     HF export (standard head) reloads with exactly the masks' zeros. (movement_soft and
     supermask keep the same state; AdaPrune runs through the loop above, the random mask
     and hard movement in the mask study's :test, tests/test_mask_study.py.)"""
-    import orbax.checkpoint as ocp
     import transformers
 
-    from prune_ofa_jax import checkpoint as ckpt_lib
     from prune_ofa_jax.convert import hf as hf_convert
     from prune_ofa_jax.convert import params_ckpt
-    from prune_ofa_jax.train import inputs, loop
     c = _learned_config(tiny_ckpts["bert"], "movement_hard")
-    loop.run(c, tmp_path / "straight")
-    real = inputs.make_sources
-    monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 6))
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(c, tmp_path / "resumed")
-    monkeypatch.setattr(inputs, "make_sources", real)
-    loop.run(c, tmp_path / "resumed")
-    states = [ckpt_lib.make_manager(tmp_path / d / "checkpoints").restore(
-        8, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        for d in ("straight", "resumed")]
+    train_helpers.run_straight_and_killed(c, tmp_path, monkeypatch, kill_at=6)
+    states = train_helpers.saved_states(tmp_path, 8)
     for key in ("params", "aux", "masks", "aux_opt_state"):
         jax.tree.map(np.testing.assert_array_equal, states[0][key], states[1][key])
     pruned = int(sum((~np.asarray(m)).sum() for m in jax.tree.leaves(states[0]["masks"])))

@@ -208,25 +208,13 @@ def test_structured_movement_with_qat_resumes_exactly(tiny_ckpts, tmp_path, monk
     """Killed at step 3 and resumed from 2: the same params, scores, masks and optimizer
     states as the straight run; the masks remove whole heads and neurons, within one head of
     the target; fake-quant ranges are trained (quant.enabled)."""
-    import orbax.checkpoint as ocp
-    from test_mask_methods import _interrupting, _learned_config
-
-    from prune_ofa_jax import checkpoint as ckpt_lib
-    from prune_ofa_jax.train import inputs, loop
+    from test_mask_methods import _learned_config
     c = _learned_config(tiny_ckpts["bert"], "structured_movement",
                         **{"quant.enabled": True, "sparsity.distribution": "global",
                            "train.steps": 4, "checkpoint.every": 2, "sparsity.end_step": 2,
                            "sparsity.freeze_step": 4})
-    loop.run(c, tmp_path / "straight")
-    real = inputs.make_sources
-    monkeypatch.setattr(inputs, "make_sources", _interrupting(real, 3))
-    with pytest.raises(KeyboardInterrupt):
-        loop.run(c, tmp_path / "resumed")
-    monkeypatch.setattr(inputs, "make_sources", real)
-    loop.run(c, tmp_path / "resumed")
-    states = [ckpt_lib.make_manager(tmp_path / d / "checkpoints").restore(
-        4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-        for d in ("straight", "resumed")]
+    train_helpers.run_straight_and_killed(c, tmp_path, monkeypatch, kill_at=3)
+    states = train_helpers.saved_states(tmp_path, 4)
     for key in ("params", "aux", "masks", "aux_opt_state", "quant_stats"):
         jax.tree.map(np.testing.assert_array_equal, states[0][key], states[1][key])
     cfg = model_config.by_name("bert-base-uncased", **train_helpers.TINY)

@@ -1,14 +1,19 @@
-"""Shared helpers for the training tests: tiny checkpoints and recipe loading."""
+"""Shared helpers for the training tests: tiny checkpoints, recipe loading, and a run
+killed and resumed beside a straight one."""
 
 import importlib.util
 import pathlib
 
 import jax
+import orbax.checkpoint as ocp
+import pytest
 
+from prune_ofa_jax import checkpoint as ckpt_lib
 from prune_ofa_jax import presets
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
+from prune_ofa_jax.train import inputs, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
@@ -59,3 +64,38 @@ def tiny_tokenizer(directory, vocab_size: int, pad_id: int = 0):
         mask_token=mask, model_max_length=512)
     fast.save_pretrained(str(directory))
     return str(directory)
+
+
+def interrupting(real, step_at: int):
+    """A make_sources that raises KeyboardInterrupt (a kill) when batch `step_at` is asked for."""
+    def make(cfg):
+        src = real(cfg)
+        batch = src.train.batch
+
+        def interrupted(step):
+            if step == step_at:
+                raise KeyboardInterrupt("simulated kill")
+            return batch(step)
+        src.train.batch = interrupted
+        return src
+    return make
+
+
+def run_straight_and_killed(c, root, monkeypatch, kill_at: int) -> dict:
+    """loop.run of `c` uninterrupted in root/straight, and in root/resumed killed when it asks
+    for batch `kill_at`, then the same command again (it resumes). The straight run's report."""
+    report = loop.run(c, root / "straight")
+    real = inputs.make_sources
+    monkeypatch.setattr(inputs, "make_sources", interrupting(real, kill_at))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(c, root / "resumed")
+    monkeypatch.setattr(inputs, "make_sources", real)
+    loop.run(c, root / "resumed")
+    return report
+
+
+def saved_states(root, step: int) -> list:
+    """[straight, resumed]: the train state each run of run_straight_and_killed saved at `step`."""
+    return [ckpt_lib.make_manager(root / d / "checkpoints").restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        for d in ("straight", "resumed")]
