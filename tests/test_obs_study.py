@@ -13,7 +13,7 @@ from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.data import disaster_tweets
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
-from prune_ofa_jax.study import harness, obs_report, obs_study
+from prune_ofa_jax.study import obs_report, obs_study
 
 
 def _one_layer_bert(directory) -> str:
@@ -44,21 +44,13 @@ def test_obs_study_test_size_and_its_page(shared_data, tmp_path, capsys):
     data = work / "data" / "sst2" / "sst2"
     assert len((data / "train.tsv").read_text().splitlines()) == 65  # header + 64 rows
 
-    begin, end = harness.markers("obs")
-    page = tmp_path / "repo" / "obs.md"
-    page.parent.mkdir()
-    page.write_text(f"# x\n{begin}\nold\n{end}\n## After\n")
-    config = f"{train_helpers.REPO / 'configs' / 'obs_study.py'}:test"
-    capsys.readouterr()
-    assert harness.main(obs_study.STUDY, [
-        "--config", config, f"--config.base_model={p.base_model}",
-        f"--config.data_root={p.data_root}", f"--workdir={work}", f"--doc={page}"]) == 0
-    assert capsys.readouterr().out.count("done before, skipping") == 4
-    text = page.read_text()
+    text, out, end = train_helpers.study_rerun_into_page(
+        obs_study.STUDY, "obs_study.py", p, work, tmp_path, capsys)
+    assert out.count("done before, skipping") == 4
     assert "old" not in text and "](obs.png)" in text and text.endswith(f"{end}\n## After\n")
     assert obs_report.markdown(summary) in text and "| SST-2 | 90 % |" in text
     assert "(n=1)" in text
-    assert (page.parent / "obs.png").stat().st_size > 10_000
+    assert (tmp_path / "repo" / "obs.png").stat().st_size > 10_000
     again = json.loads((work / "summary.json").read_text())
     assert again["gradual"] == json.loads(json.dumps(summary["gradual"]))
 

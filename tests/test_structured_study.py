@@ -15,7 +15,7 @@ from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
 from prune_ofa_jax.nas import extract, space
 from prune_ofa_jax.sparsity import groups
-from prune_ofa_jax.study import harness, structured_models, structured_report, structured_study
+from prune_ofa_jax.study import structured_models, structured_report, structured_study
 
 
 def test_structured_study_test_size_and_its_page(tiny_ckpts, shared_data, tmp_path, capsys):
@@ -34,21 +34,12 @@ def test_structured_study_test_size_and_its_page(tiny_ckpts, shared_data, tmp_pa
     assert t["majority"] >= 0.5 and t["dev_rows"] == 872
     assert [x["x"] for x in t["budgets"]["1"]] == list(structured_report.BUDGETS)
 
-    begin, end = harness.markers("structured")
-    page = tmp_path / "repo" / "structured.md"
-    page.parent.mkdir()
-    page.write_text(f"# x\n{begin}\nold\n{end}\n## After\n")
-    config = f"{train_helpers.REPO / 'configs' / 'structured_study.py'}:test"
-    capsys.readouterr()
-    assert harness.main(structured_study.STUDY, [
-        "--config", config, f"--config.base_model={p.base_model}",
-        f"--config.data_root={p.data_root}", f"--workdir={work}", f"--doc={page}"]) == 0
-    out = capsys.readouterr().out
+    text, out, end = train_helpers.study_rerun_into_page(
+        structured_study.STUDY, "structured_study.py", p, work, tmp_path, capsys)
     assert out.count("done before, skipping") == 4  # 3 runs and the latency
-    text = page.read_text()
     assert "\nold\n" not in text and "](structured.png)" in text
     assert text.endswith(f"{end}\n## After\n") and "| structured 50 % | 1 |" in text
-    assert (page.parent / "structured.png").stat().st_size > 10_000
+    assert (tmp_path / "repo" / "structured.png").stat().st_size > 10_000
     again = json.loads((work / "summary.json").read_text())
     assert again["tasks"]["sst2"]["rows"]["st50"]["per_seed"] == st["per_seed"]
 

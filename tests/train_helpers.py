@@ -1,5 +1,5 @@
-"""Shared helpers for the training tests: tiny checkpoints, recipe loading, and a run
-killed and resumed beside a straight one."""
+"""Shared helpers for the training tests: tiny checkpoints, recipe loading, a run killed and
+resumed beside a straight one, and a study's rerun into its docs page."""
 
 import importlib.util
 import pathlib
@@ -13,6 +13,7 @@ from prune_ofa_jax import presets
 from prune_ofa_jax.convert import params_ckpt
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as model_config
+from prune_ofa_jax.study import harness
 from prune_ofa_jax.train import inputs, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -99,3 +100,19 @@ def saved_states(root, step: int) -> list:
     return [ckpt_lib.make_manager(root / d / "checkpoints").restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
         for d in ("straight", "resumed")]
+
+
+def study_rerun_into_page(study, config_file: str, p, work, tmp_path, capsys) -> tuple:
+    """The study's command line on the settings of `p` (base model, data root) over the
+    finished `work`, with --doc on tmp_path/repo/<marker>.md, its markers between other text:
+    (the page's text after it, the console output, the end marker). Asserts exit 0."""
+    begin, end = harness.markers(study.marker)
+    page = tmp_path / "repo" / f"{study.marker}.md"
+    page.parent.mkdir()
+    page.write_text(f"# x\n{begin}\nold\n{end}\n## After\n")
+    capsys.readouterr()
+    assert harness.main(study, [
+        "--config", f"{REPO / 'configs' / config_file}:test",
+        f"--config.base_model={p.base_model}", f"--config.data_root={p.data_root}",
+        f"--workdir={work}", f"--doc={page}"]) == 0
+    return page.read_text(), capsys.readouterr().out, end
