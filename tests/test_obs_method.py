@@ -4,7 +4,7 @@ obs.prune on that Fisher, recomputation splits a jump; the same masks on 1 devic
 8 (data parallel x FSDP) with KD; an exact resume in the middle of a window, with QAT, and
 exact zeros in the exported model; a checkpoint of the state without method_state restores;
 config errors. (The OBS maths against numpy: tests/test_obs.py; GMP through the hooks bit
-for bit: tests/test_mask_methods.py.)"""
+for bit: tests/test_mask_method_runs.py.)"""
 
 import functools
 

@@ -208,7 +208,7 @@ def test_structured_movement_with_qat_resumes_exactly(tiny_ckpts, tmp_path, monk
     """Killed at step 3 and resumed from 2: the same params, scores, masks and optimizer
     states as the straight run; the masks remove whole heads and neurons, within one head of
     the target; fake-quant ranges are trained (quant.enabled)."""
-    from test_mask_methods import _learned_config
+    from test_mask_method_runs import _learned_config
     c = _learned_config(tiny_ckpts["bert"], "structured_movement",
                         **{"quant.enabled": True, "sparsity.distribution": "global",
                            "train.steps": 4, "checkpoint.every": 2, "sparsity.end_step": 2,

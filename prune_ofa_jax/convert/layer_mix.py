@@ -5,7 +5,7 @@ The export is the family's base model (BertModel / RobertaModel / DistilBertMode
 encoder with its zeros, reloadable by `transformers.AutoModel`) plus the head in
 `layer_mix_head.safetensors` (torch layout) and `layer_mix_head.json`. `TorchHead` rebuilds
 the head in PyTorch: logits = head(model(..., output_hidden_states=True).hidden_states),
-the same numbers as our Flax model (tests/test_mask_methods.py checks it).
+the same numbers as our Flax model (tests/test_mask_method_runs.py checks it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 update steps the masks are recomputed from |W| of the latent weights (per tensor or global,
 any pattern); in between they stay. Pruned weights are zeroed after every update (hard zero)
 unless `regrow` keeps dense latent weights (the Intel reference). Identical, bit for bit,
-to the step before the method interface (tests/test_mask_methods.py).
+to the step before the method interface (tests/test_mask_method_runs.py).
 
 With `frozen_weights` it is the magnitude baseline of Adapting by Pruning: masks from the
 magnitudes of the frozen pre-trained weights, only the task head trains.
