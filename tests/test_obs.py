@@ -10,7 +10,7 @@ import pytest
 
 from prune_ofa_jax.parallel import mesh as mesh_lib
 from prune_ofa_jax.sparsity import exact_topk
-from prune_ofa_jax.sparsity import obs
+from prune_ofa_jax.sparsity import obs, obs_block
 
 B = 8
 DAMP = 0.05
@@ -42,7 +42,7 @@ def _np_reference(w, grads, alive, pruned, damp):
         if not idx.size:
             continue
         f = g[:, idx].T @ g[:, idx] / len(grads)
-        f += damp * max(np.mean(np.diag(f)), obs.CURVATURE_FLOOR) * np.eye(idx.size)
+        f += damp * max(np.mean(np.diag(f)), obs_block.CURVATURE_FLOOR) * np.eye(idx.size)
         f_inv = np.linalg.inv(f)
         sal[idx] = wf[idx] ** 2 / (2 * np.diag(f_inv))
         q = pruned[idx]
@@ -109,12 +109,12 @@ def test_block_update_keeps_padding_zero_and_small_damp_stays_finite():
     sums = jnp.einsum("nki,nkj->nij", g, g)
     alive = jnp.asarray(obs.valid(SHAPES["a"], n, B))
     pruned = alive & jnp.asarray(rng.random((n, B)) > 0.5)
-    for damp in (DAMP, obs.MIN_DAMP):
-        out = jax.jit(obs.block_update)(sums, w, alive, pruned, 2, damp)
+    for damp in (DAMP, obs_block.MIN_DAMP):
+        out = jax.jit(obs_block.block_update)(sums, w, alive, pruned, 2, damp)
         np.testing.assert_array_equal(out[~obs.valid(SHAPES["a"], n, B)], 0.0)
         np.testing.assert_array_equal(out[np.asarray(pruned)], 0.0)
         assert np.all(np.isfinite(out))
-        rho = jax.jit(obs.block_saliency)(sums, w, alive, 2, damp)
+        rho = jax.jit(obs_block.block_saliency)(sums, w, alive, 2, damp)
         assert np.all(np.isfinite(rho[alive])) and np.all(np.isneginf(rho[~alive]))
     with pytest.raises(ValueError, match="damp"):
         obs.saliency({"a": w}, obs.init({"a": (10, 3)}, B), {"a": np.ones((10, 3), bool)}, 1e-7)

@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.obs = ml_collections.ConfigDict()     # suite=obs (bench/obs_bench.py)
     c.obs.block_size = 50         # the reference's Fisher block
     c.obs.num_grads = 16          # gradients per Fisher (at least every timed step's)
-    c.obs.damp = 0.01             # relative (sparsity/obs.py)
+    c.obs.damp = 0.01             # relative (sparsity/obs_block.py)
     c.input = ml_collections.ConfigDict()   # suite=input (bench/input.py)
     c.input.small_tokens = 20e6   # synthetic prepared corpora for time-to-first-batch
     c.input.large_tokens = 200e6

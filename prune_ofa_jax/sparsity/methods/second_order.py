@@ -9,7 +9,7 @@ kept weights of each block are corrected for the ones removed (pruned weights ex
 The empirical Fisher is block diagonal over `block_size` consecutive weights of one output
 neuron, from the gradients of the `num_grads` training steps before each prune (a window:
 collected only there, reset by each prune), dampened by `damp` (relative to each block's
-mean diagonal: obs.py). One gradient per step: the step's own, the mean over its
+mean diagonal: obs_block.py). One gradient per step: the step's own, the mean over its
 grad_accum micro-batches (a larger mini-batch; the Fisher's scale cancels in both the
 saliency order and the update). The reference draws its num_grads mini-batches afresh at
 the prune instead; here they are the training batches of the window, at weights that move
