@@ -60,7 +60,7 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
         "tweets": dict(seq_len=64, train_rows=0, dev_rows=0)})
     p.teacher = ml_collections.ConfigDict(dict(steps=400, batch_size=32, lr=1e-4))
     p.oneshot = ml_collections.ConfigDict(dict(
-        levels=(0.5, 0.6, 0.7, 0.8, 0.9), recompute=(1, 9), num_grads=32, batch_size=16,
+        levels=(0.5, 0.6, 0.7, 0.8, 0.9), recompute=(1, 9), num_grads=256, batch_size=16,
         distribution="uniform"))
     p.obs = ml_collections.ConfigDict(dict(block_size=32, damp=0.01, num_grads=16))
     # Gradual: the same schedule for both methods: cubic from `initial` at begin_step (the
