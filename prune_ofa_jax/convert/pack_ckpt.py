@@ -17,12 +17,11 @@ import numpy as np
 
 from prune_ofa_jax import paths
 from prune_ofa_jax.convert import hf, packed, params_ckpt, qat_ranges
+from prune_ofa_jax.convert.pofa_header import VALUE_BYTES
 from prune_ofa_jax.eval import compression
 from prune_ofa_jax.models import bert
 from prune_ofa_jax.models import config as config_lib
 from prune_ofa_jax.sparsity import masks as masks_lib
-
-_VALUE_BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
 
 
 def default_options(**kw) -> packed.PackOptions:
@@ -42,7 +41,7 @@ def pack_params(params: Any, model_config: config_lib.ModelConfig, task: str, ou
     for t in header["tensors"]:
         # nonzero as stored, by bit pattern: a (rare) -0.0 is a stored value
         w = (flat[t["path"]].view(np.uint32) != 0).astype(np.float32)
-        layout += compression.tensor_bytes(w, t["storage"], _VALUE_BYTES[t["values"]])
+        layout += compression.tensor_bytes(w, t["storage"], VALUE_BYTES[t["values"]])
         scales += 4 if t["values"] == "int8" else 0
     raw = sum(s["raw_length"] for t in header["tensors"] for s in t["sections"].values())
     if raw + scales != layout:  # the file's layout is exactly what compression.py counts

@@ -20,15 +20,9 @@ int8 values: symmetric, `q = clip(round(w / scale), -127, 127)` with `scale = ma
 so the restored `q * scale` equals the fake-quantised weights bit for bit. Codec "zlib"
 deflates each section (lossless; most of the gain is on the index and on int8 values).
 
-Reading is bounded: nothing is allocated from a size the file declares before that size is
-checked. The header length against the file size; then the header itself (`check_header`):
-each section inside the data, each section's raw length equal to what the tensor's shape,
-storage and value type imply, a zlib section no larger than deflate's 1032:1 ratio allows,
-and the tensors' decoded size within what a file of this size can hold (MAX_EXPANSION); the
-tensors' paths and shapes against the model the header names (pack_ckpt.load_packed, from
-`bert.abstract_params`) before any is decoded; decompression stops at the declared raw
-length; the index of a bitmask or csr tensor is checked before it is used. Any violation is
-one PackError (a UserError: a command prints one line and exits 2).
+Reading is bounded (convert/pofa_header.py: every size the header declares is checked before
+anything is allocated from it; each section's CRC-32 and index before it is decoded); any
+violation is one PackError.
 """
 
 from __future__ import annotations
@@ -44,30 +38,14 @@ from typing import Optional, Sequence
 import numpy as np
 from etils import epath
 
-from prune_ofa_jax import errors, paths
+from prune_ofa_jax.convert.pofa_header import (  # noqa: F401 (read_header: packed's API)
+    CODECS, MAGIC, VERSION, PackError, csr_index_bytes, local_file, read_header)
 from prune_ofa_jax.eval import compression
 
-MAGIC = b"POFA\x01\n"
-VERSION = 1
 FORMATS = ("bitmask", "csr", "auto", "dense")
-CODECS = ("none", "zlib")
 # Embedding tables (--int8_embeddings): the word/position/type tables of every family.
 EMBEDDING_PATTERNS = (r"(^|/)embeddings/[a-z_]+_embeddings/embedding$",)
 DENSE_KERNEL_PATTERNS = (r"/kernel$",)
-
-
-# Deflate emits at least ~2 bits per 258-byte match: no zlib stream inflates more than 1032x.
-ZLIB_MAX_RATIO = 1032
-# Decoded float32 bytes per byte of file at most: an all-zero bitmask tensor (1 bit of mask per
-# 4-byte value, the mask deflated at ZLIB_MAX_RATIO) is the most a tensor can expand.
-MAX_EXPANSION = 32 * ZLIB_MAX_RATIO
-_VALUE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-_SECTIONS = {"dense": ("values",), "bitmask": ("mask", "values"),
-             "csr": ("indptr", "indices", "values")}
-
-
-class PackError(errors.UserError):
-    """Bad, corrupt, truncated or mismatched .pofa file (or bad pack arguments)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +112,6 @@ def encode_tensor(w: np.ndarray, storage: str, vtype: str) -> tuple[dict, Option
     raise PackError(f"unknown storage {storage!r}")
 
 
-def _csr_index_bytes(cols: int) -> int:
-    return 2 if cols <= 65536 else 4
-
-
 def decode_tensor(meta: dict, sections: dict) -> np.ndarray:
     """float32 array of meta['shape'] from the raw sections (their lengths already checked
     against the shape by `check_header`); PackError when a bitmask or csr index is invalid."""
@@ -161,7 +135,7 @@ def decode_tensor(meta: dict, sections: dict) -> np.ndarray:
         return out.reshape(shape)
     rows, cols = int(np.prod(shape[1:])), shape[0]
     indptr = np.frombuffer(sections["indptr"], "<i4")
-    indices = np.frombuffer(sections["indices"], f"<u{_csr_index_bytes(cols)}").astype(np.int64)
+    indices = np.frombuffer(sections["indices"], f"<u{csr_index_bytes(cols)}").astype(np.int64)
     if (indptr[0] != 0 or indptr[-1] != vals.size or np.any(np.diff(indptr) < 0)
             or (indices.size and int(indices.max()) >= cols)):
         raise PackError(f"tensor {meta['path']}: invalid csr index")
@@ -220,117 +194,6 @@ def pack(flat_params: dict, model_config: dict, task: str, out, opts: PackOption
     return header
 
 
-def _local(path) -> pathlib.Path:
-    """The file to read: itself, or a local copy of a gs:// file."""
-    try:
-        return paths.local(path)
-    except FileNotFoundError as e:
-        raise PackError(f"packed file not found: {path}") from e
-
-
-def read_header(path) -> tuple[dict, int]:
-    """(header, offset of the data) after checking magic, header length, header CRC, file
-    length and the header's every declared size (`check_header`)."""
-    local = _local(path)  # messages name `path` (a bucket's file, not its local copy)
-    if not local.is_file():
-        raise PackError(f"packed file not found: {path}")
-    size = local.stat().st_size
-    with open(local, "rb") as f:
-        start = f.read(len(MAGIC) + 8)
-        if start[:len(MAGIC)] != MAGIC:
-            raise PackError(f"{path}: not a .pofa file (bad magic); write one with "
-                            "`python -m prune_ofa_jax.convert pack`")
-        if len(start) < len(MAGIC) + 8:
-            raise PackError(f"{path}: truncated ({size} bytes: no header)")
-        (n,) = struct.unpack("<Q", start[len(MAGIC):])
-        if n > size - len(start) - 4:  # before reading (allocating) n bytes
-            raise PackError(f"{path}: truncated ({size} bytes: the header is cut; it "
-                            f"declares {n} bytes)")
-        head, crc = f.read(n), f.read(4)
-    if zlib.crc32(head) != struct.unpack("<I", crc)[0]:
-        raise PackError(f"{path}: corrupt header (CRC-32 mismatch)")
-    try:
-        header = json.loads(head)
-    except (ValueError, RecursionError) as e:
-        raise PackError(f"{path}: corrupt header (not JSON: {e})") from e
-    data_start = len(MAGIC) + 8 + n + 4
-    check_header(header, size, path)
-    want = data_start + header["data_length"]
-    if size != want:
-        raise PackError(f"{path}: {'truncated' if size < want else 'trailing bytes'}: "
-                        f"{size} bytes, the header promises {want}")
-    return header, data_start
-
-
-def _int(value, what: str, path) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise PackError(f"{path}: corrupt header ({what} is {value!r}, not a size)")
-    return value
-
-
-def _raw_lengths(meta: dict, values_raw: int, path) -> dict:
-    """The raw length each section of `meta` must have (its values' from `values_raw`)."""
-    shape, storage = meta["shape"], meta["storage"]
-    vb = _VALUE_BYTES[meta["values"]]
-    size = int(np.prod(shape, dtype=object)) if shape else 1
-    if storage == "dense":
-        return {"values": size * vb}
-    nnz, rest = divmod(values_raw, vb)
-    if rest or nnz > size or len(shape) < 1:
-        raise PackError(f"{path}: tensor {meta['path']}: {values_raw} bytes of {meta['values']} "
-                        f"values for {size} elements")
-    if storage == "bitmask":
-        return {"mask": (size + 7) // 8, "values": nnz * vb}
-    rows = int(np.prod(shape[1:], dtype=object)) if len(shape) > 1 else 1
-    return {"indptr": (rows + 1) * 4, "indices": nnz * _csr_index_bytes(shape[0]),
-            "values": nnz * vb}
-
-
-def check_header(header, file_size: int, path) -> None:
-    """PackError unless every size the header declares fits the file (module docstring)."""
-    if not (isinstance(header, dict) and isinstance(header.get("tensors"), list)
-            and isinstance(header.get("model_config"), dict)
-            and isinstance(header.get("task"), str)):
-        raise PackError(f"{path}: corrupt header (no model_config, task or tensors)")
-    data_length = _int(header.get("data_length"), "data_length", path)
-    decoded = 0
-    for meta in header["tensors"]:
-        if not (isinstance(meta, dict) and isinstance(meta.get("path"), str)
-                and isinstance(meta.get("shape"), list) and len(meta["shape"]) <= 8
-                and meta.get("storage") in _SECTIONS and meta.get("values") in _VALUE_BYTES
-                and meta.get("codec") in CODECS and isinstance(meta.get("sections"), dict)
-                and sorted(meta["sections"]) == sorted(_SECTIONS[meta["storage"]])):
-            raise PackError(f"{path}: corrupt header (tensor entry {str(meta)[:80]})")
-        name = meta["path"]
-        shape = [_int(d, f"a dimension of {name}", path) for d in meta["shape"]]
-        decoded += 4 * (int(np.prod(shape, dtype=object)) if shape else 1)
-        if meta["values"] == "int8" and not (isinstance(meta.get("scale"), (int, float))
-                                             and np.isfinite(meta["scale"])):
-            raise PackError(f"{path}: corrupt header (tensor {name}: int8 without a scale)")
-        secs = meta["sections"]
-        for sec in secs.values():
-            if not isinstance(sec, dict):
-                raise PackError(f"{path}: corrupt header (tensor {name}: a section)")
-            for key in ("offset", "length", "raw_length", "crc32"):
-                _int(sec.get(key), f"{key} of a section of {name}", path)
-        want = _raw_lengths(meta, secs["values"]["raw_length"], path)
-        for sec_name, sec in secs.items():
-            where = f"{path}: tensor {name}, section {sec_name}"
-            if sec["offset"] + sec["length"] > data_length:
-                raise PackError(f"{where}: bytes {sec['offset']}+{sec['length']} lie past the "
-                                f"data ({data_length} bytes)")
-            if sec["raw_length"] != want[sec_name]:
-                raise PackError(f"{where}: {sec['raw_length']} raw bytes declared, its shape "
-                                f"{shape} implies {want[sec_name]}")
-            if (sec["raw_length"] != sec["length"] if meta["codec"] == "none"
-                    else sec["raw_length"] > ZLIB_MAX_RATIO * max(sec["length"], 1)):
-                raise PackError(f"{where}: {sec['length']} stored bytes cannot hold "
-                                f"{sec['raw_length']} raw bytes ({meta['codec']})")
-    if decoded > MAX_EXPANSION * file_size:
-        raise PackError(f"{path}: declares {decoded:,} bytes of tensors, more than a "
-                        f"{file_size:,}-byte .pofa file can hold")
-
-
 def _inflate(data: bytes, raw_length: int, where: str) -> bytes:
     """zlib-decompressed `data`, never more than raw_length + 1 bytes of it."""
     inflater = zlib.decompressobj()
@@ -349,7 +212,7 @@ def unpack(path, header: Optional[dict] = None, start: Optional[int] = None
     """({path: float32 array}, model_config dict, task, quant or None); every section's
     CRC-32 is checked before it is decoded. `header`, `start`: read_header's, when the caller
     has them (and has checked the tensors against the model: pack_ckpt.load_packed)."""
-    local = _local(path)
+    local = local_file(path)
     if header is None:
         header, start = read_header(local)
     flat = {}
