@@ -149,6 +149,17 @@ def _batch(cfg, n=4, length=12):
     return ids, mask, np.zeros_like(ids)
 
 
+def test_int8_exact_reads_the_cpu_flags(tmp_path):
+    """int8 graphs are exact only where the CPU's int8 dot products accumulate in int32."""
+    from prune_ofa_jax.runtime import ort  # pylint: disable=import-outside-toplevel
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not ort.int8_exact(info)
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert ort.int8_exact(info)
+    assert not ort.int8_exact(tmp_path / "missing")
+
+
 def test_cli_pack_unpack_export_and_int8_onnx(sparse_cls, tmp_path, capsys):
     """pack (with the QAT ranges) -> unpack / export-hf, by the CLI; the int8 ONNX graph from
     the packed file gives the fake-quant logits; fp32 ONNX gives ours for every family."""
@@ -178,7 +189,7 @@ def test_cli_pack_unpack_export_and_int8_onnx(sparse_cls, tmp_path, capsys):
     fq = np.asarray(model_q.apply({"params": params, "quant_stats": stats}, *batch)["logits"])
     sess = ort.session(onnx_export.export(back, cfg, tmp_path / "q.onnx", int8=True, quant=quant))
     feeds = dict(zip(ort.INPUTS, batch))
-    np.testing.assert_allclose(ort.logits(sess, feeds), fq, atol=1e-5)
+    train_helpers.assert_int8_close(ort.logits(sess, feeds), fq)
     assert quant["ranges"].keys() == qat_ranges.ranges_from_stats(stats).keys()
     up = hf.flatten(params_ckpt.load_params(tmp_path / "up")[0])
     for path, w in hf.flatten(back).items():

@@ -174,7 +174,7 @@ def test_compact_onnx_equals_masked_model_with_the_masks_parameter_count(family,
     a, b = (ort.logits(ort.session(onnx_export.export(pm, cfg, tmp_path / f"q{c}.onnx",
                                                       int8=True, quant=quant, compact=c)),
                        feeds) for c in (True, False))
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    train_helpers.assert_int8_close(a, b)
 
 
 @pytest.mark.parametrize("family", ["bert-base-uncased", "distilbert-base-uncased"])
