@@ -70,3 +70,14 @@ def test_derived_rows_layer_drop_and_autotinybert_padding(tmp_path):
     got = ort.logits(ort.session(onnx_export.export(ap, acfg, tmp_path / "a.onnx")), feeds)
     ref = np.asarray(amodel.apply({"params": ap}, *feeds.values())["logits"])
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_timed_runs_every_seed_of_the_structured_rows_or_the_first():
+    """Latency: the dense model first; the structured rows' every seed (their shapes differ
+    by seed) unless every_seed=False; the other rows' first seed."""
+    runs = {f"{t}_{k}_s{s}": (None, None, t, k, s) for t in ("sst2", "tweets")
+            for k in ("dense", "gmp80", "st70") for s in (1, 0, 2)}
+    assert structured_models.timed_runs(runs, "sst2") == [
+        "sst2_dense_s0", "sst2_gmp80_s0", "sst2_st70_s1", "sst2_st70_s0", "sst2_st70_s2"]
+    assert structured_models.timed_runs(runs, "tweets", every_seed=False) == [
+        "tweets_dense_s0", "tweets_gmp80_s0", "tweets_st70_s0"]

@@ -78,15 +78,16 @@ def variant(root: pathlib.Path, name: str, model_dir: pathlib.Path) -> latency_l
                                     int8=quant is not None, quant=quant)
 
 
-def timed_runs(runs: dict, task: str) -> list:
-    """The run names timed for `task`: every seed of the structured rows (their shapes
-    differ by seed), the first seed of the others (one shape), the dense model first."""
+def timed_runs(runs: dict, task: str, every_seed: bool = True) -> list:
+    """The run names timed for `task`: every seed of the structured rows when `every_seed`
+    (their shapes differ by seed), the first seed of the others (one shape), the dense
+    model first."""
     first: dict = {}  # row key -> its smallest seed
     for _, _, t, key, seed in runs.values():
         if t == task:
             first[key] = min(seed, first.get(key, seed))
     out = [name for name, (_, _, t, key, seed) in runs.items()
-           if t == task and (key.startswith("st") or seed == first[key])]
+           if t == task and ((every_seed and key.startswith("st")) or seed == first[key])]
     dense = f"{task}_{DENSE}"
     return [dense] + [n for n in out if n != dense]
 
@@ -104,7 +105,7 @@ def latencies(p, root: pathlib.Path, runs: dict, say) -> dict:
             out[task] = json.loads(cache.read_text())
             say(f"latency {task}: done before, skipping")
             continue
-        names = timed_runs(runs, task)
+        names = timed_runs(runs, task, lp.get("every_seed", True))
         sizes = {n: compact_size(v[1] / "model") for n, v in runs.items() if v[2] == task}
         dense, *rest = [variant(root, n[len(task) + 1:], runs[n][1] / "model") for n in names]
         size = max(1, lp.group - 1)
