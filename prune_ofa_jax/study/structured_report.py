@@ -241,6 +241,8 @@ def plot(summary: dict, out) -> None:
                     seen.add(label)
             ax.axhline(100 * t["majority"], color="grey", ls=":", label="majority class")
             ax.axhline(100 * t["random"], color="grey", ls="-.", lw=0.8, label="random")
+            lo, hi = ax.get_ylim()  # scores are percentages: wider intervals are cut
+            ax.set_ylim(max(lo, -2.0), min(hi, 102.0))
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overlapping labels
             ax.set_xlabel(f"onnxruntime latency, batch {b}, ms (log)")
