@@ -105,7 +105,7 @@ def latencies(p, root: pathlib.Path, runs: dict, say) -> dict:
             out[task] = json.loads(cache.read_text())
             say(f"latency {task}: done before, skipping")
             continue
-        names = timed_runs(runs, task, lp.get("every_seed", True))
+        names = timed_runs(runs, task, lp.every_seed)
         sizes = {n: compact_size(v[1] / "model") for n, v in runs.items() if v[2] == task}
         dense, *rest = [variant(root, n[len(task) + 1:], runs[n][1] / "model") for n in names]
         size = max(1, lp.group - 1)
