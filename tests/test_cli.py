@@ -3,18 +3,17 @@ command as it is typed; a bad flag, a bad config key or a missing config file is
 line and exit status 2; old spellings still work, with one `warning:` line; a config error
 at run time is one line too, and lands in WORKDIR/log.txt with its traceback.
 
-The checks run as `python -m <module>` does (runpy, `__name__ == "__main__"`), batched in one
-driver process (each process start imports jax: seconds), next to one real `python -m`
-subprocess, from a directory outside the repository (so recipes resolve as packaged)."""
+The checks run as `python -m <module>` does, batched in one driver process
+(tests/cli_helpers.py), next to one real `python -m` subprocess, from a directory outside
+the repository (so recipes resolve as packaged)."""
 
 import ast
 import concurrent.futures
-import json
-import os
 import pathlib
 import subprocess
 import sys
 
+import cli_helpers
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -94,34 +93,6 @@ def other_checks(w: str, tmp: str) -> dict:
     }
 
 
-DRIVER = r"""
-import contextlib, io, json, runpy, sys, warnings
-warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
-out = {}
-for name, (module, argv) in json.loads(sys.argv[1]).items():
-    sys.argv = [module, *argv]
-    o, e, code = io.StringIO(), io.StringIO(), "returned"
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        except SystemExit as x:
-            code = x.code
-    out[name] = {"code": code, "stdout": o.getvalue(), "stderr": e.getvalue()}
-print("RESULTS" + json.dumps(out))
-"""
-
-
-def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-
-
-def _drive(checks: dict, cwd) -> dict:
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(checks)], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "RESULTS" in proc.stdout, proc.stderr[-3000:]
-    return json.loads(proc.stdout.split("RESULTS", 1)[1])
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Every check, in one driver process, and `python -m prune_ofa_jax train` with a bad
@@ -135,9 +106,9 @@ def results(tmp_path_factory):
     train = [sys.executable, "-m", "prune_ofa_jax", "train", "--config", FINETUNE,
              "--workdir", str(run_dir), "--config.train.steps=0"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        driven = pool.submit(_drive, checks, tmp)
-        proc = pool.submit(subprocess.run, train, cwd=tmp, env=_env(), capture_output=True,
-                           text=True, timeout=300).result()
+        driven = pool.submit(cli_helpers.run_modules, checks, tmp)
+        proc = pool.submit(subprocess.run, train, cwd=tmp, env=cli_helpers.env(),
+                           capture_output=True, text=True, timeout=300).result()
         out = driven.result()
     out["train"] = {"code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
                     "log": (run_dir / "log.txt").read_text() if run_dir.is_dir() else ""}

@@ -4,11 +4,9 @@ Max abs diffs are printed (run with -s to see them).
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
+import cli_helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,13 +231,14 @@ def converted_mlm_params(tmp_path_factory):
     return hf.import_hf(root, "mlm")
 
 
-# --- CLI --------------------------------------------------------------------------------------
-def run_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.Popen([sys.executable, "-m", "prune_ofa_jax.convert", *map(str, args)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+# --- CLI ---------------------------------------------------------------------------------------
+def run_cli(checks: dict) -> dict:
+    """name -> argv of `python -m prune_ofa_jax.convert`, run in turn in one process
+    (tests/cli_helpers.py), on 1 device with XLA's default flags."""
+    environ = cli_helpers.env()
+    environ.pop("XLA_FLAGS", None)
+    return cli_helpers.run_modules(
+        {k: ("prune_ofa_jax.convert", argv) for k, argv in checks.items()}, REPO, environ)
 
 
 @pytest.fixture(scope="module")
@@ -269,13 +268,15 @@ def test_cli_import_export_round_trip(tmp_path):
     src = random_hf_model("roberta", "cls", 3)
     src.save_pretrained(tmp_path / "hf")
     train_helpers.tiny_tokenizer(tmp_path / "hf", 99, pad_id=1)  # the model's own vocabulary
-    imp = run_cli("import-hf", "--hf_dir", tmp_path / "hf", "--workdir", tmp_path / "ckpt")
-    assert imp.wait() == 0, imp.stderr.read()
+    out = run_cli({"import": ["import-hf", "--hf_dir", tmp_path / "hf", "--workdir",
+                              tmp_path / "ckpt"],
+                   "export": ["export-hf", "--ckpt", tmp_path / "ckpt", "--workdir",
+                              tmp_path / "out"]})
+    assert out["import"]["code"] == 0, out["import"]["stderr"]
+    assert out["export"]["code"] == 0, out["export"]["stderr"]
     _, cfg, task = params_ckpt.load_params(tmp_path / "ckpt")
     assert (task, cfg.model_type, cfg.num_labels) == ("cls", "roberta", 3)
     assert (tmp_path / "ckpt" / "tokenizer.json").is_file()
-    exp = run_cli("export-hf", "--ckpt", tmp_path / "ckpt", "--workdir", tmp_path / "out")
-    assert exp.wait() == 0, exp.stderr.read()
     assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / "out")) == 99
     after = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     for key, value in src.state_dict().items():
@@ -297,12 +298,11 @@ def test_cli_errors_are_one_line_and_leave_nothing(bad_dirs, tmp_path):
                         "pretraining"),
         "bad_ckpt": (["export-hf", "--ckpt", bad_dirs / "bert_base"], "not a params checkpoint"),
     }
-    procs = {name: run_cli(*args, "--workdir", tmp_path / name)
-             for name, (args, _) in cases.items()}
-    for name, proc in procs.items():
-        rc = proc.wait()
-        lines = [l for l in proc.stderr.read().splitlines() if l.strip()]
-        assert rc != 0, name
+    out = run_cli({name: [*args, "--workdir", tmp_path / name]
+                   for name, (args, _) in cases.items()})
+    for name, r in out.items():
+        lines = [l for l in r["stderr"].splitlines() if l.strip()]
+        assert r["code"] not in (0, "returned"), name
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, lines)
         assert cases[name][1] in lines[0], (name, lines[0])
     assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
