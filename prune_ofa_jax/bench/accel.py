@@ -31,14 +31,15 @@ def run(bc, tmp: pathlib.Path, log=print) -> dict:
     global_batch = a.batch_size * n
     base = variants.base_config(a.model, a.overrides, a.dtype, global_batch, a.seq_len,
                                 a.max_predictions, bc.sparsity_target, bc.seed)
-    teacher = variants.save_teacher(base, tmp)
+    teacher, student = variants.save_teacher(base, tmp), variants.save_student(base, tmp)
     mesh = mesh_lib.make_mesh(-1, 1, 1)
     mcfg = variants.model_config_of(base)
     local = synthetic.batch("pretraining", global_batch // jax.process_count(), a.seq_len,
                             mcfg.vocab_size, max_predictions=a.max_predictions,
                             seed=bc.seed + jax.process_index(), pad_fraction=0.5)
     steps = variants.build_steps(base, list(STEPS), teacher, local, mesh,
-                                 threads=2, fast=bc.fast_compile, log=log)
+                                 threads=2, fast=bc.fast_compile, log=log,
+                                 student_path=student)
     times, cpu = timing.interleave(steps, a.steps, a.warmup, 0.0, log=log)
     kind = jax.devices()[0].device_kind
     peak = a.peak_flops or flops.peak_flops(kind)

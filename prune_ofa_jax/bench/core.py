@@ -174,8 +174,10 @@ def run(bc, out_dir: str = "bench_results", log=print) -> dict:
     deadline = t_start + bc.time_budget_s
     with tempfile.TemporaryDirectory() as tmp:
         teacher = variants.save_teacher(base, pathlib.Path(tmp))
+        student = variants.save_student(base, pathlib.Path(tmp))
         steps = variants.build_steps(base, names, teacher, local, mesh, bc.compile_threads,
-                                     bc.fast_compile, log, long_batch=long)
+                                     bc.fast_compile, log, long_batch=long,
+                                     student_path=student)
         only = bc.suite != "all"  # kd / presets: our steps only, no PyTorch or accelerator
         torch_steps, torch_info = ({}, {"skipped": f"suite {bc.suite}"}) if only else (
             torch_hf.make_steps(mcfg, local, base.optim, bc.torch_threads, bc.extras, bc.seed))

@@ -105,8 +105,9 @@ def base_config(model: str, overrides: str, dtype: str, batch_size: int, seq_len
     return presets.resolve(c)  # the PyTorch step reads base.optim too
 
 
-def variant_config(base: ml_collections.ConfigDict, kind: str,
-                   teacher_path: str) -> ml_collections.ConfigDict:
+def variant_config(base: ml_collections.ConfigDict, kind: str, teacher_path: str,
+                   student_path: str = "") -> ml_collections.ConfigDict:
+    """`student_path`: the student's weights (save_random; "": a random init of its own)."""
     k = KINDS[kind]
     c = ml_collections.ConfigDict(base.to_dict())
     c.sparsity.enabled = k.masks
@@ -114,6 +115,7 @@ def variant_config(base: ml_collections.ConfigDict, kind: str,
         c.sparsity.update_every = 1
     c.distill.kd_weight = 0.5 if k.teacher else 0.0
     c.teacher.path = teacher_path if k.teacher else ""
+    c.init.path = student_path
     c.distill.mlm_positions_only = k.gathered
     c.distill.fused_chunk = base.distill.fused_chunk if k.fused else 0
     c.quant.enabled = k.qat
@@ -132,13 +134,26 @@ def model_config_of(base: ml_collections.ConfigDict):
                                     dtype=base.model.dtype)
 
 
-def save_teacher(base: ml_collections.ConfigDict, directory: pathlib.Path) -> str:
-    """A random-init dense teacher of the student's shape as a params checkpoint."""
+def save_random(base: ml_collections.ConfigDict, directory: pathlib.Path, name: str,
+                seed: int) -> str:
+    """A random-init dense model of the bench's shape (float32, base.task's heads) as a params
+    checkpoint `directory/name`."""
     mcfg = model_config_of(base).replace(dtype="float32")
     model = bert.BertFamily(mcfg, base.task)
-    params = bert.init_params(model, jax.random.key(base.seed + 1))
-    return str(params_ckpt.save_params(directory / "teacher", params, mcfg, base.task,
+    params = bert.init_params(model, jax.random.key(seed))
+    return str(params_ckpt.save_params(directory / name, params, mcfg, base.task,
                                        overwrite=True))
+
+
+def save_teacher(base: ml_collections.ConfigDict, directory: pathlib.Path) -> str:
+    return save_random(base, directory, "teacher", base.seed + 1)
+
+
+def save_student(base: ml_collections.ConfigDict, directory: pathlib.Path) -> str:
+    """The weights every variant starts from: initialised and compiled once, not once per
+    variant (build() then initialises only what a variant adds: QAT's statistics, another
+    task's head), and the same values as each variant's own init with base.seed."""
+    return save_random(base, directory, "student", base.seed)
 
 
 class JaxStep:
@@ -177,10 +192,12 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def build_steps(base: ml_collections.ConfigDict, names: list[str], teacher_path: str,
                 local_batch: dict, mesh, threads: int = 2, fast: bool = False,
-                log=print, long_batch: Optional[dict] = None) -> dict[str, JaxStep]:
+                log=print, long_batch: Optional[dict] = None,
+                student_path: str = "") -> dict[str, JaxStep]:
     """Builds, lowers and compiles every variant, `threads` at a time (XLA compiles, about
-    half of it, release the GIL). `long_batch`: the `long` variants' rows. Returns them in
-    the order of `names`."""
+    half of it, release the GIL). `long_batch`: the `long` variants' rows; `student_path`:
+    the weights every variant starts from (save_student). Returns them in the order of
+    `names`."""
     batches = {False: mesh_lib.global_batch(local_batch, mesh, accum=1)}
     if long_batch is not None:
         batches[True] = mesh_lib.global_batch(long_batch, mesh, accum=1)
@@ -188,7 +205,7 @@ def build_steps(base: ml_collections.ConfigDict, names: list[str], teacher_path:
 
     def make(name: str) -> JaxStep:
         t0 = time.perf_counter()
-        run = build_lib.build(variant_config(base, name, teacher_path), mesh)
+        run = build_lib.build(variant_config(base, name, teacher_path, student_path), mesh)
         step = JaxStep(name, run, batches[KINDS[name].long])
         t_build = time.perf_counter() - t0
         step.compile(options)
