@@ -5,6 +5,7 @@ import json
 import math
 
 from prune_ofa_jax.bench import core, obs_bench, settings, variants
+from prune_ofa_jax.runtime import ort
 
 TINY = ("num_layers=1,hidden_size=32,num_heads=2,intermediate_size=64,vocab_size=512,"
         "max_position_embeddings=64")
@@ -38,6 +39,7 @@ def test_bench_writes_every_figure(tmp_path):
         step = data["steps"][name]
         assert step["median_s"] > 0 and math.isfinite(step["last_loss"]), (name, step)
     assert data["machine"]["versions"]["jax"] and data["machine"]["cores"] >= 1
+    assert data["machine"]["int8_exact"] == ort.int8_exact()  # the CPU's flags, recorded
     assert data["model_config"]["num_layers"] == 1
     mem = data["figures"]["reference_kd_peak_memory_ratio"]
     assert mem["value"] > 0 and mem["target"] == 1.25 and isinstance(mem["met"], bool)

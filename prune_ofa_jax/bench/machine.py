@@ -1,5 +1,6 @@
-"""What ran the bench: CPU, cores, load, accelerator and package versions; and where its
-result goes (`write`)."""
+"""What ran the bench: CPU, cores, whether its int8 kernels are exact (VNNI/AMX: int8
+speed-ups differ with them), load, accelerator and package versions; and where its result
+goes (`write`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import subprocess
 import jax
 
 from prune_ofa_jax import jsonio
+from prune_ofa_jax.runtime import ort
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
@@ -50,7 +52,8 @@ def git_commit() -> str:
 
 def info() -> dict:
     dev = jax.devices()[0]
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "int8_exact": ort.int8_exact(),
+            "platform": platform.platform(),
             "jax_backend": dev.platform, "device_kind": dev.device_kind,
             "device_count": jax.device_count(), "load_avg_start": list(os.getloadavg()),
             "versions": versions(), "git_commit": git_commit(),
