@@ -1,9 +1,9 @@
 """Command lines run as `python -m <module>` runs them (runpy, `__name__ == "__main__"`),
 several in one driver process: each process start imports jax (seconds of CPU), so a test
 of ten command lines pays it once. Each command's stdout and stderr are captured at the file
-descriptors, so what C++ libraries write there (XLA, absl) counts as a separate process's
-would; the commands run in turn, sharing the imports (the root logger is reset between
-them: one command's logging set-up is not the next one's)."""
+descriptors, so what C++ libraries write there (XLA, absl) is seen as a process of its own
+would show it; the commands run in turn, sharing the imports (the root logger is reset
+between them: one command's logging set-up is not the next one's)."""
 
 import json
 import os
@@ -40,8 +40,8 @@ print("RESULTS" + json.dumps(out), flush=True)
 """
 
 
-def env(**extra) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", **extra)
+def env() -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
 
 
 def run_modules(checks: dict, cwd, environ: dict | None = None) -> dict:
