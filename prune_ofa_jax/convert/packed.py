@@ -39,7 +39,7 @@ import numpy as np
 from etils import epath
 
 from prune_ofa_jax.convert.pofa_header import (  # noqa: F401 (read_header: packed's API)
-    CODECS, MAGIC, VERSION, PackError, csr_index_bytes, local_file, read_header)
+    CODECS, MAGIC, VALUE_BYTES, VERSION, PackError, csr_index_bytes, local_file, read_header)
 from prune_ofa_jax.eval import compression
 
 FORMATS = ("bitmask", "csr", "auto", "dense")
@@ -153,8 +153,8 @@ def _choose(w: np.ndarray, path: str, opts: PackOptions) -> tuple[str, str]:
         return "dense", vtype
     if opts.fmt != "auto":
         return opts.fmt, vtype
-    vb = {"int8": 1, "fp16": 2, "fp32": 4}[vtype]
-    sizes = {f: compression.tensor_bytes(w, f, vb) for f in ("dense", "bitmask", "csr")}
+    sizes = {f: compression.tensor_bytes(w, f, VALUE_BYTES[vtype])
+             for f in ("dense", "bitmask", "csr")}
     return min(sizes, key=sizes.get), vtype
 
 
