@@ -305,7 +305,7 @@ def plot(summary: dict, path: pathlib.Path) -> None:
         ax.set_xticks(range(len(items)), [r for r, _ in items], rotation=30, fontsize=8)
         ax.set_ylabel("SST-2 dev accuracy (%)")
         ax.set_title(f"MiniLM-L6 @{round(100 * s['target'])} %: {title}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")  # not over a row at the majority class
     ax = axes[2]
     for r in s["masked_rows"]:
         v = s["overlap"]["seeds"][r]["layers"]
