@@ -1,8 +1,8 @@
 """Command lines run as `python -m <module>` runs them (runpy, `__name__ == "__main__"`),
 several in one driver process: each process start imports jax (seconds of CPU), so a test
 of ten command lines pays it once. Each command's stdout and stderr are captured at the file
-descriptors, so what C++ libraries write there (XLA, absl) is seen as a process of its own
-would show it; the commands run in turn, sharing the imports (the root logger is reset
+descriptors, so what C++ libraries write there (XLA, absl) appears as it would from a
+process of its own; the commands run in turn, sharing the imports (the root logger is reset
 between them: one command's logging set-up is not the next one's)."""
 
 import json
